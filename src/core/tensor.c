@@ -192,13 +192,9 @@ nk_status nk_check_vec(nk_ctx *ctx, const char *op, const char *name, const nk_t
         return nk_fail(ctx, NK_ERR_SHAPE, "%s: %s must have shape [%lld] (one value per channel), got %s",
                        op, name, (long long)n, nk_shape_str(t, a, sizeof a));
     }
-    if (t->dtype != NK_F32 && t->dtype != NK_F64)
-        return nk_fail(ctx, NK_ERR_DTYPE, "%s: %s has unsupported dtype %d (float32 or float64)",
-                       op, name, (int)t->dtype);
-    if (t->strides[0] < 0)
-        return nk_fail(ctx, NK_ERR_VALUE, "%s: %s has a negative stride", op, name);
-    if (n && !t->data) return nk_fail(ctx, NK_ERR_NULL, "%s: %s->data is NULL", op, name);
-    return NK_OK;
+    /* dtype, a non-negative stride, a byte span that fits int64 (a huge stride would make
+     * the kernels' offsets wrap), data present when n > 0 */
+    return nk_check_layout(ctx, op, name, t, NULL);
 }
 
 nk_status nk_check_vec_if(nk_ctx *ctx, const char *op, int required, const char *name,

@@ -456,6 +456,16 @@ static void test_train_overflow(void **state) {
     b.t1.strides[0] = INT64_MAX / 8;
     b.x = &b.t1;
     REJECT(&b, call_train, NK_ERR_OVERFLOW, "x", "overflow");
+    /* a per-channel vector whose stride puts its last element beyond int64 bytes */
+    what = "gamma byte span overflows";
+    b.t1 = b.f.gamma.t;
+    b.t1.strides[0] = INT64_MAX / 4;
+    b.gamma = &b.t1;
+    REJECT(&b, call_train, NK_ERR_OVERFLOW, "gamma", "overflow");
+    b.t1 = b.f.gamma.t;
+    b.t1.strides[0] = INT64_MAX / 4;
+    b.gamma = &b.t1;
+    REJECT(&b, call_backward, NK_ERR_OVERFLOW, "gamma", "overflow");
     bad_free(&b);
 }
 
