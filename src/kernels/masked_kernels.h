@@ -41,7 +41,8 @@ typedef struct nk_masked_kernels {
 } nk_masked_kernels;
 
 /* The kernels for data dtype dt (float32/float64) and mask dtype mt (u8/float32/float64);
- * NULL for another combination. Only reference kernels exist. */
+ * NULL for another combination. The context's instruction set (kernels.h, nk_isa_for): the
+ * optimized kernels (kernels/simd/masked_simd_impl.h) or the reference. */
 const nk_masked_kernels *nk_masked_kernels_for(const nk_ctx *ctx, nk_dtype dt, nk_dtype mt);
 
 #endif

@@ -602,6 +602,116 @@ static void test_threads_bitwise(void **state) {
     nkt_bn_free(&ref);
 }
 
+/* ---- optimized kernels against the reference ------------------------------------------------
+ * The optimized masked kernels (kernels/simd/masked_simd_impl.h) vectorize runs of stride 1
+ * (NCHW) and sum in a different order from the reference's running sums: outputs within the
+ * result tolerance of the reference (same double expression, sums differing in the last bits),
+ * statistics within TOL_F64_STATS when stored in double. Masked-out positions hold NaN in x and
+ * dy: they must not leak into any output. Odd spatial sizes leave vector tails and heads. */
+
+static void run_fwd_bwd(nk_ctx *ctx, const nk_batchnorm_params *p, nkt_bn *f, const mk_mask *m) {
+    NKT_OK(ctx, mk_forward(ctx, p, f, m, NULL));
+    NKT_OK(ctx, mk_backward(ctx, p, f, m));
+}
+
+static void test_optimized_vs_reference(void **state) {
+    (void)state;
+    static const int64_t dims_list[][4] = {{3, 5, 37, 1}, {2, 3, 61, 9}, {4, 1, 1000, 1}};
+    for (int di = 0; di < 3; di++)
+        for (int mi = 0; mi < 3; mi++)
+            for (int dti = 0; dti < 2; dti++)
+                for (int relu = 0; relu < 2; relu++) {
+                    const nk_dtype dt = dti ? NK_F64 : NK_F32, mt = MASK_DTYPES[mi];
+                    const int ndim = dims_list[di][3] == 1 ? 3 : 4;
+                    const int64_t *dims = dims_list[di];
+                    nk_batchnorm_params p;
+                    nk_batchnorm_params_default(&p);
+                    if (relu) p.flags |= NK_BN_FUSE_RELU;
+                    const uint64_t salt = 900 + (uint64_t)(di * 12 + mi * 4 + dti * 2 + relu);
+                    nkt_bn fr, fo;
+                    mk_mask m;
+                    nkt_rng r1 = nkt_rng_make(salt), r2 = nkt_rng_make(salt);
+                    nkt_bn_init(&fr, &r1, ndim, dims, dt, NK_F64, NKT_CONTIG, 1);
+                    nkt_bn_init(&fo, &r2, ndim, dims, dt, NK_F64, NKT_CONTIG, 1);
+                    mask_init(&m, &r1, mt, ndim, dims, NKT_CONTIG, 0.6);
+                    /* NaN where masked out */
+                    double *xv = nkt_malloc((size_t)fr.n * sizeof *xv);
+                    nkt_get(&fr.x, xv);
+                    for (int64_t i = 0; i < fr.n; i++)
+                        if (!valid_at(m.v, ndim, dims, i)) xv[i] = NAN;
+                    nkt_bn_set_x(&fr, xv);
+                    nkt_bn_set_x(&fo, xv);
+                    nkt_case("masked optimized vs reference: x %s %s, mask %s, relu %d",
+                             nkt_dims_str(ndim, dims, (char[80]){0}, 80), nkt_dtype_name(dt),
+                             mask_name(mt), relu);
+                    nk_ctx *cr = nkt_ctx(1), *co = nkt_ctx(1);
+                    assert_int_equal(nk_ctx_set_force_ref(cr, 1), NK_OK);
+                    run_fwd_bwd(cr, &p, &fr, &m);
+                    run_fwd_bwd(co, &p, &fo, &m);
+                    double *a = nkt_malloc((size_t)fr.n * sizeof *a), *b = nkt_malloc((size_t)fr.n * sizeof *b);
+                    nkt_buf *data_r[] = {&fr.y, &fr.dx}, *data_o[] = {&fo.y, &fo.dx};
+                    const char *dn[] = {"y", "dx"};
+                    for (int k = 0; k < 2; k++) {
+                        nkt_get(data_r[k], a);
+                        nkt_get(data_o[k], b);
+                        for (int64_t i = 0; i < fr.n; i++)
+                            if (!valid_at(m.v, ndim, dims, i)) assert_true(b[i] == 0.0);
+                        NKT_CLOSE(dn[k], b, a, fr.n, nkt_tol_result(dt));
+                    }
+                    nkt_buf *st_r[] = {&fr.save_mean, &fr.save_invstd, &fr.dgamma, &fr.dbeta};
+                    nkt_buf *st_o[] = {&fo.save_mean, &fo.save_invstd, &fo.dgamma, &fo.dbeta};
+                    const char *sn[] = {"save_mean", "save_invstd", "dgamma", "dbeta"};
+                    for (int k = 0; k < 4; k++) {
+                        nkt_get(st_r[k], a);
+                        nkt_get(st_o[k], b);
+                        NKT_CLOSE(sn[k], b, a, fr.C, TOL_F64_STATS);
+                    }
+                    free(a);
+                    free(b);
+                    free(xv);
+                    nk_ctx_destroy(cr);
+                    nk_ctx_destroy(co);
+                    mask_free(&m);
+                    nkt_bn_free(&fr);
+                    nkt_bn_free(&fo);
+                }
+}
+
+/* NCHW (the vectorized path): bitwise identical outputs for 1 to 4 threads */
+static void test_threads_bitwise_nchw(void **state) {
+    (void)state;
+    const int64_t dims[] = {5, 3, 97, 91}; /* 44135 values per channel: 6 blocks */
+    nk_batchnorm_params p;
+    nk_batchnorm_params_default(&p);
+    nkt_bn ref;
+    nkt_rng rng = nkt_rng_make(321);
+    nkt_bn_init(&ref, &rng, 4, dims, NK_F32, NK_F32, NKT_CONTIG, 1);
+    mk_mask m;
+    mask_init(&m, &rng, NK_F32, 4, dims, NKT_CONTIG, 0.7);
+    nkt_case("threads, NCHW");
+    nk_ctx *c1 = nkt_ctx(1);
+    run_fwd_bwd(c1, &p, &ref, &m);
+    nk_ctx_destroy(c1);
+    for (int th = 2; th <= VT_MAX_THREADS; th++) {
+        nkt_bn f;
+        rng = nkt_rng_make(321);
+        nkt_bn_init(&f, &rng, 4, dims, NK_F32, NK_F32, NKT_CONTIG, 1);
+        nk_ctx *ctx = nkt_ctx(th);
+        run_fwd_bwd(ctx, &p, &f, &m);
+        nkt_buf *a[] = {&ref.y, &ref.save_mean, &ref.save_invstd, &ref.dx, &ref.dgamma, &ref.dbeta};
+        nkt_buf *b[] = {&f.y, &f.save_mean, &f.save_invstd, &f.dx, &f.dgamma, &f.dbeta};
+        for (int i = 0; i < 6; i++) {
+            char what[64];
+            snprintf(what, sizeof what, "output %d with %d threads", i, th);
+            NKT_SAME_BYTES(what, a[i]->buf, b[i]->buf, vt_bytes(a[i]));
+        }
+        nk_ctx_destroy(ctx);
+        nkt_bn_free(&f);
+    }
+    mask_free(&m);
+    nkt_bn_free(&ref);
+}
+
 static void test_workspace_bn_size(void **state) {
     (void)state;
     nk_ctx *ctx = nkt_ctx(1);
@@ -643,6 +753,8 @@ int main(void) {
         cmocka_unit_test(test_empty_and_nonfinite),
         cmocka_unit_test(test_threads_bitwise),
         cmocka_unit_test(test_workspace_bn_size),
+        cmocka_unit_test(test_optimized_vs_reference),
+        cmocka_unit_test(test_threads_bitwise_nchw),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
