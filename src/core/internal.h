@@ -4,6 +4,9 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "normkit.h"
 
@@ -161,10 +164,17 @@ int64_t nk_seg_next(nk_seg_iter *it, int64_t *off);
 #define NK_BLOCK_ELEMS 8192
 static inline int64_t nk_num_blocks(int64_t M) { return M == 0 ? 0 : (M + NK_BLOCK_ELEMS - 1) / NK_BLOCK_ELEMS; }
 
-/* Work below this many elements runs on one thread (thread start-up would dominate). */
+/* Work below this many elements runs on one thread (thread start-up would dominate). A call
+ * made from inside the caller's own OpenMP parallel region also runs on one thread: the
+ * caller's threads already occupy the cores, and nested teams would oversubscribe them (results
+ * do not change: the blocks are the same for any thread count). */
 #define NK_PARALLEL_MIN_ELEMS 65536
 static inline int nk_threads_for(const nk_ctx *ctx, int64_t elems) {
-    return elems < NK_PARALLEL_MIN_ELEMS ? 1 : ctx->num_threads;
+    if (elems < NK_PARALLEL_MIN_ELEMS || ctx->num_threads == 1) return 1;
+#ifdef _OPENMP
+    if (omp_in_parallel()) return 1;
+#endif
+    return ctx->num_threads;
 }
 
 #endif

@@ -3,6 +3,9 @@
  * enough work to run in parallel; and two contexts used from two threads at once do not
  * interfere. */
 #include <pthread.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <stdlib.h>
 #include <string.h>
 
@@ -200,6 +203,48 @@ static void test_two_contexts_two_threads(void **state) {
     nkt_bn_free(&fb);
 }
 
+/* A caller running its own OpenMP team (with nesting allowed) calls with a 4-thread context
+ * from each of its threads: the results are those of the single-threaded run. (That such calls
+ * start no nested team is nk_threads_for's rule; this checks that the path stays correct.) */
+static void test_inside_caller_parallel_region(void **state) {
+    (void)state;
+#ifdef _OPENMP
+    const int64_t da[4] = {4, 8, 48, 48}, db[4] = {6, 5, 30, 70};
+    nkt_bn fa, fb;
+    nkt_rng ra = nkt_rng_make(20), rb = nkt_rng_make(21);
+    nkt_bn_init(&fa, &ra, 4, da, NK_F32, NK_F32, NKT_CONTIG, 0);
+    nkt_bn_init(&fb, &rb, 4, db, NK_F64, NK_F64, NKT_CHLAST, 0);
+    nkt_bn *fs[2] = {&fa, &fb};
+    job jobs[2];
+    nk_ctx *ctx = nkt_ctx(1);
+    nk_batchnorm_params p;
+    nk_batchnorm_params_default(&p);
+    for (int i = 0; i < 2; i++) {
+        nkt_bn *f = fs[i];
+        NKT_OK(ctx, nk_batchnorm_forward_train(ctx, &p, &f->x.t, &f->gamma.t, &f->beta.t, &f->y.t,
+                                               &f->save_mean.t, &f->save_invstd.t, NULL, NULL,
+                                               NULL, NULL, 0));
+        NKT_OK(ctx, nk_batchnorm_backward(ctx, &p, &f->x.t, &f->dy.t, &f->gamma.t, &f->save_mean.t,
+                                          &f->save_invstd.t, NULL, &f->dx.t, NULL, NULL, NULL, 0));
+        jobs[i] = (job){f, 4, 2, dup_buf(&f->y), dup_buf(&f->dx), 0};
+    }
+    nk_ctx_destroy(ctx);
+    const int levels = omp_get_max_active_levels();
+    omp_set_max_active_levels(4);
+#pragma omp parallel for num_threads(2)
+    for (int i = 0; i < 2; i++) job_run(&jobs[i]);
+    omp_set_max_active_levels(levels);
+    nkt_case("two 4-thread contexts called from the caller's 2-thread OpenMP team");
+    for (int i = 0; i < 2; i++) {
+        NKT_CHECK(jobs[i].ok, "job %d: results differ from its single-threaded run", i);
+        free(jobs[i].want_y);
+        free(jobs[i].want_dx);
+    }
+    nkt_bn_free(&fa);
+    nkt_bn_free(&fb);
+#endif
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_threads_nchw_f32),
@@ -207,6 +252,7 @@ int main(void) {
         cmocka_unit_test(test_threads_strided_f64),
         cmocka_unit_test(test_threads_rank3_odd_f64),
         cmocka_unit_test(test_two_contexts_two_threads),
+        cmocka_unit_test(test_inside_caller_parallel_region),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
