@@ -36,6 +36,10 @@
  *              not be used by two threads at once; two contexts never interfere. Results are
  *              bitwise identical for any thread count: work is split into fixed blocks that do
  *              not depend on the thread count and partial results are merged in a fixed order.
+ *              Small calls (under 65536 elements) and calls made from inside the caller's own
+ *              OpenMP parallel region run on the calling thread, so a caller that runs its own
+ *              threads is not oversubscribed (a caller with its own pthreads keeps contexts at
+ *              1 thread, the default).
  *   Layouts:   tensors carry int64 dims and element strides, so contiguous NCHW-family,
  *              channels-last (NHWC-family) and arbitrary strided views are all accepted.
  *              Channels are on axis 1 for the batch-norm family.
