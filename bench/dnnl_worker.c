@@ -289,7 +289,8 @@ static int setup(slot *s, const char *op, const char *pass, const char *shape, c
     CHK(dnnl_primitive_create(&s->prim, pd), "primitive");
     const char *impl = NULL;
     dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl);
-    snprintf(name, namelen, "%s", impl ? impl : "?");
+    snprintf(name, namelen, "%s%s", !strcmp(op, "in") ? "bn-on-1xNCxHxW-view:" : "",
+             impl ? impl : "?");
     if (fprim) dnnl_primitive_destroy(fprim);
     if (fpd) dnnl_primitive_desc_destroy(fpd);
     if (bpd) dnnl_primitive_desc_destroy(bpd);
