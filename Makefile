@@ -57,7 +57,7 @@ demo: deps
 bench-train: build
 	$(PYTHON) bench/train_throughput.py --normkit $(BUILD)/normkit --rounds 3 --threads $(JOBS)
 
-# normkit vs PyTorch vs oneDNN, interleaved, 1 and 2 threads (a benchmark, not a test; ~15 min).
+# normkit vs PyTorch vs oneDNN, interleaved, 1 and 2 threads (a benchmark, not a test; a few min).
 # Writes bench/results/latest.{csv,md} and the table in docs/performance.md.
 # BENCH_ARGS=--quick for a smoke run (small shapes, bench/results/quick.*).
 BENCH_ARGS ?=
