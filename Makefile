@@ -9,7 +9,7 @@ PREFIX    ?= /usr/local
 CONFORMANCE_DIR ?= ../shared/conformance/onnx/node
 CMAKE_FLAGS ?=
 
-.PHONY: all build deps test test-unit test-asan test-python test-conformance demo bench-train install clean
+.PHONY: all build deps test test-unit test-asan test-python test-conformance demo bench-train bench-compare install clean
 
 all: build
 
@@ -56,6 +56,17 @@ demo: deps
 # Training throughput of the default CNN + BN, normkit vs PyTorch (a benchmark, not a test).
 bench-train: build
 	$(PYTHON) bench/train_throughput.py --normkit $(BUILD)/normkit --rounds 3 --threads $(JOBS)
+
+# normkit vs PyTorch vs oneDNN, interleaved, 1 and 2 threads (a benchmark, not a test; a few min).
+# Writes bench/results/latest.{csv,md} and the table in docs/performance.md.
+# BENCH_ARGS=--quick for a smoke run (small shapes, bench/results/quick.*).
+BENCH_ARGS ?=
+bench-compare: deps
+	@bash scripts/deps_bench.sh
+	$(MAKE) build
+	cc -O2 -std=c11 -Wall -Wextra -Werror -fopenmp bench/dnnl_worker.c -o $(BUILD)/dnnl_worker -ldnnl
+	$(PYTHON) bench/compare.py --normkit $(BUILD)/normkit --dnnl $(BUILD)/dnnl_worker \
+		--python $(PYTHON) $(BENCH_ARGS)
 
 install: build
 	cmake --install $(BUILD) --prefix $(PREFIX)

@@ -9,7 +9,10 @@
  * the first timing, so no page fault or allocation is timed.
  *
  * GB/s counts the bytes the op must move (forward: x + y, backward: x + dy + dx), from the
- * median time; the ratio is median(op) / median(baseline).
+ * median time; the ratio is median(op) / median(baseline). Times print in microseconds so
+ * that a per-call overhead (shape 8x64x1x1) is as readable as a 50 MB pass.
+ *
+ * `--serve` turns the same setup into a worker for bench/compare.py (bench_serve.c).
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -19,8 +22,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench.h"
 #include "commands.h"
-#include "normkit.h"
 
 #define BENCH_REPS 20
 #define BENCH_WARMUP 2
@@ -28,28 +31,16 @@
 /* Work per thread of the baseline's chunks (bytes of x). */
 #define BENCH_CHUNK (1 << 20)
 
-typedef enum { OP_BN, OP_LN, OP_GN, OP_IN, OP_RMS } bench_op;
-typedef enum { PASS_TRAIN, PASS_INFER, PASS_BWD } bench_pass;
-
-static const char *const OP_NAMES[] = {"bn", "ln", "gn", "in", "rms"};
-static const char *const PASS_NAMES[] = {"fwd-train", "fwd-infer", "bwd"};
-
-typedef struct {
-    bench_op op;
-    bench_pass pass;
-    int ndim;
-    int64_t dims[NK_MAX_DIMS];
-    int nhwc;
-    int threads, reps, ref;
-    nk_dtype dt;
-    int64_t groups; /* gn; 0 = default */
-} bench_opts;
+const char *const BENCH_OP_NAMES[BENCH_NUM_OPS] = {"bn", "ln", "gn", "in", "rms"};
+const char *const BENCH_PASS_NAMES[BENCH_NUM_PASSES] = {"fwd-train", "fwd-infer", "bwd"};
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: normkit bench [options]\n\n"
+            "usage: normkit bench [options]\n"
+            "       normkit bench --serve [--threads T] [--ref]\n\n"
             "Times a normalization op and a plain copy (forward) or add (backward) of the same\n"
-            "size, alternately, and prints median and min times, GB/s and the ratio op / copy.\n\n"
+            "size, alternately, and prints median and min times in microseconds, GB/s and the\n"
+            "ratio op / copy.\n\n"
             "  --op OP           bn, ln, gn, in or rms [bn]\n"
             "  --pass P          fwd-train, fwd-infer or bwd [fwd-train]; for ln, rms and gn\n"
             "                    fwd-infer is the forward without saved statistics\n"
@@ -61,12 +52,15 @@ static void usage(FILE *f) {
             "  --dtype D         f32 or f64 [f32]\n"
             "  --groups G        gn groups [32, or C if C < 32]\n"
             "  --ref             force the scalar reference kernels (as NK_FORCE_REF=1)\n"
+            "  --serve           read commands on stdin, answer on stdout (the worker that\n"
+            "                    bench/compare.py and `make bench-compare` drive; protocol in\n"
+            "                    tools/bench_serve.c); only --threads and --ref apply\n"
             "  --help            this text\n\n"
             "NK_ISA=avx2 (or ref) in the environment caps the instruction set.\n",
             BENCH_REPS);
 }
 
-static int parse_shape(const char *s, bench_opts *o) {
+int bench_parse_shape(const char *s, bench_opts *o) {
     o->ndim = 0;
     const char *p = s;
     while (*p) {
@@ -86,10 +80,31 @@ static int parse_shape(const char *s, bench_opts *o) {
     return o->ndim >= 1;
 }
 
-static int pick(const char *s, const char *const *names, int n) {
+int bench_pick(const char *s, const char *const *names, int n) {
     for (int i = 0; i < n; i++)
         if (!strcmp(s, names[i])) return i;
     return -1;
+}
+
+int bench_check(bench_opts *o, char *err, size_t errlen) {
+    const int rowwise = o->op == OP_LN || o->op == OP_RMS;
+    if (rowwise && o->nhwc) {
+        snprintf(err, errlen, "--layout nhwc applies to bn, gn and in only");
+        return 1;
+    }
+    if (!rowwise && o->ndim < 2) {
+        snprintf(err, errlen, "%s needs a shape NxC[xHxW...]", BENCH_OP_NAMES[o->op]);
+        return 1;
+    }
+    if (o->op == OP_GN) {
+        const int64_t C = o->dims[1];
+        if (!o->groups) o->groups = C < 32 ? C : 32;
+        if (C % o->groups) {
+            snprintf(err, errlen, "--groups %" PRId64 " does not divide C = %" PRId64, o->groups, C);
+            return 1;
+        }
+    }
+    return 0;
 }
 
 /* ---- buffers ---------------------------------------------------------------------------- */
@@ -115,7 +130,7 @@ static void fill(void *p, nk_dtype dt, int64_t n, uint64_t seed, double scale, d
     }
 }
 
-static double now(void) {
+double bench_now(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
@@ -128,9 +143,16 @@ static int cmp_double(const void *a, const void *b) {
 
 /* ---- the baselines ---------------------------------------------------------------------- */
 
+/* Threads for a pass of `chunks` chunks: a tiny tensor is one chunk, and waking a second
+ * thread for it would time the wake-up, not the memory. */
+static int pass_threads(int64_t chunks, int threads) {
+    return chunks < threads ? (int)chunks : threads;
+}
+
 static void copy_pass(void *dst, const void *src, size_t bytes, int threads) {
     const int64_t chunks = (int64_t)((bytes + BENCH_CHUNK - 1) / BENCH_CHUNK);
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+    const int nt = pass_threads(chunks, threads);
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
     for (int64_t i = 0; i < chunks; i++) {
         const size_t o = (size_t)i * BENCH_CHUNK;
         memcpy((char *)dst + o, (const char *)src + o, bytes - o < BENCH_CHUNK ? bytes - o : BENCH_CHUNK);
@@ -138,34 +160,38 @@ static void copy_pass(void *dst, const void *src, size_t bytes, int threads) {
 }
 
 static void add_pass(void *dst, const void *a, const void *b, int64_t n, nk_dtype dt, int threads) {
-    if (dt == NK_F32) {
-        float *o = dst;
-        const float *x = a, *y = b;
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-        for (int64_t i = 0; i < n; i++) o[i] = x[i] + y[i];
-    } else {
-        double *o = dst;
-        const double *x = a, *y = b;
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-        for (int64_t i = 0; i < n; i++) o[i] = x[i] + y[i];
+    const int64_t per = BENCH_CHUNK / (int64_t)nk_dtype_size(dt);
+    const int64_t chunks = (n + per - 1) / per;
+    const int nt = pass_threads(chunks, threads);
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+    for (int64_t k = 0; k < chunks; k++) {
+        const int64_t lo = k * per, hi = lo + per < n ? lo + per : n;
+        if (dt == NK_F32) {
+            float *o = dst;
+            const float *x = a, *y = b;
+            for (int64_t i = lo; i < hi; i++) o[i] = x[i] + y[i];
+        } else {
+            double *o = dst;
+            const double *x = a, *y = b;
+            for (int64_t i = lo; i < hi; i++) o[i] = x[i] + y[i];
+        }
     }
+}
+
+void bench_baseline(bench_state *s) {
+    if (s->o.pass == PASS_BWD)
+        add_pass(s->yb, s->xb, s->dyb, s->numel, s->o.dt, s->o.threads);
+    else
+        copy_pass(s->yb, s->xb, s->bytes, s->o.threads);
+}
+
+double bench_bytes_moved(const bench_state *s) {
+    return (double)s->bytes * (s->o.pass == PASS_BWD ? 3.0 : 2.0);
 }
 
 /* ---- the op ------------------------------------------------------------------------------ */
 
-typedef struct {
-    bench_opts o;
-    nk_ctx *ctx;
-    nk_tensor x, y, dy, dx;
-    int64_t C, rows; /* per-channel length; rows of the saved statistics */
-    void *gamma, *beta, *rmean, *rvar, *smean, *sinv, *dgamma, *dbeta;
-    nk_tensor g, b, rm, rv, sm, si, dg, db;
-    void *ws;
-    size_t ws_size;
-    int64_t nbt;
-} bench_state;
-
-static nk_status run_op(bench_state *s) {
+nk_status bench_run_op(bench_state *s) {
     const bench_opts *o = &s->o;
     nk_ctx *c = s->ctx;
     switch (o->op) {
@@ -255,118 +281,155 @@ static nk_status make_tensor(const bench_opts *o, void *data, nk_tensor *t) {
     return nk_tensor_contiguous(t, data, o->dt, o->ndim, o->dims);
 }
 
-static int bench_run(bench_opts *o) {
-    bench_state s;
-    memset(&s, 0, sizeof s);
-    s.o = *o;
+int bench_setup(bench_state *s, const bench_opts *o, char *err, size_t errlen) {
+    memset(s, 0, sizeof *s);
+    s->o = *o;
     const int rowwise = o->op == OP_LN || o->op == OP_RMS;
     int64_t numel = 1;
-    for (int i = 0; i < o->ndim; i++) numel *= o->dims[i];
-    /* per-parameter length: C (channel ops) or K (row ops); rows of the saved statistics */
-    s.C = rowwise ? o->dims[o->ndim - 1] : o->dims[1];
-    s.rows = rowwise ? numel / s.C : o->op == OP_BN ? s.C : o->dims[0] * (o->op == OP_GN ? o->groups : s.C);
-    const size_t es = nk_dtype_size(o->dt), bytes = (size_t)numel * es;
+    for (int i = 0; i < o->ndim; i++) {
+        if (o->dims[i] > INT64_MAX / 16 / numel) {
+            snprintf(err, errlen, "shape too large");
+            return 1;
+        }
+        numel *= o->dims[i];
+    }
+    s->numel = numel;
+    s->C = rowwise ? o->dims[o->ndim - 1] : o->dims[1];
+    s->rows = rowwise ? numel / s->C
+              : o->op == OP_BN ? s->C
+                               : o->dims[0] * (o->op == OP_GN ? o->groups : s->C);
+    const size_t es = nk_dtype_size(o->dt);
+    s->bytes = (size_t)numel * es;
     const int bwd = o->pass == PASS_BWD;
 
-    void *xb = alloc_touched(bytes), *yb = alloc_touched(bytes);
-    void *dyb = bwd ? alloc_touched(bytes) : NULL;
-    if (!xb || !yb || (bwd && !dyb)) {
-        fprintf(stderr, "bench: cannot allocate %zu bytes per tensor\n", bytes);
+    s->xb = alloc_touched(s->bytes);
+    s->yb = alloc_touched(s->bytes);
+    s->dyb = bwd ? alloc_touched(s->bytes) : NULL;
+    if (!s->xb || !s->yb || (bwd && !s->dyb)) {
+        snprintf(err, errlen, "cannot allocate %zu bytes per tensor", s->bytes);
         return 1;
     }
-    fill(xb, o->dt, numel, 1, 4.0, 1.0);
-    if (bwd) fill(dyb, o->dt, numel, 2, 2.0, 0.0);
+    fill(s->xb, o->dt, numel, 1, 4.0, 1.0);
+    if (bwd) fill(s->dyb, o->dt, numel, 2, 2.0, 0.0);
     nk_status st;
-    if ((st = make_tensor(o, xb, &s.x)) || (st = make_tensor(o, yb, &s.y)) ||
-        (bwd && ((st = make_tensor(o, dyb, &s.dy)) || (st = make_tensor(o, yb, &s.dx))))) {
-        fprintf(stderr, "bench: bad shape (%s)\n", nk_status_str(st));
-        return 2;
+    if ((st = make_tensor(o, s->xb, &s->x)) || (st = make_tensor(o, s->yb, &s->y)) ||
+        (bwd && ((st = make_tensor(o, s->dyb, &s->dy)) || (st = make_tensor(o, s->yb, &s->dx))))) {
+        snprintf(err, errlen, "bad shape (%s)", nk_status_str(st));
+        return 1;
     }
-    /* per-channel (or per-position) parameters and statistics, float32 like the data */
-    void **vecs[8] = {&s.gamma, &s.beta, &s.rmean, &s.rvar, &s.smean, &s.sinv, &s.dgamma, &s.dbeta};
-    nk_tensor *vt[8] = {&s.g, &s.b, &s.rm, &s.rv, &s.sm, &s.si, &s.dg, &s.db};
+    /* per-channel (or per-position) parameters and statistics, same dtype as the data */
+    nk_tensor *vt[8] = {&s->g, &s->b, &s->rm, &s->rv, &s->sm, &s->si, &s->dg, &s->db};
     for (int i = 0; i < 8; i++) {
-        const int64_t n = i == 4 || i == 5 ? s.rows : s.C;
-        *vecs[i] = alloc_touched((size_t)n * es);
-        if (!*vecs[i]) return 1;
-        *vt[i] = nk_vec(*vecs[i], o->dt, n);
+        const int64_t n = i == 4 || i == 5 ? s->rows : s->C;
+        s->vecs[i] = alloc_touched((size_t)n * es);
+        if (!s->vecs[i]) {
+            snprintf(err, errlen, "out of memory");
+            return 1;
+        }
+        *vt[i] = nk_vec(s->vecs[i], o->dt, n);
     }
-    fill(s.gamma, o->dt, s.C, 3, 0.5, 1.0);
-    fill(s.beta, o->dt, s.C, 4, 0.5, 0.0);
-    fill(s.rmean, o->dt, s.C, 5, 0.2, 1.0);
-    fill(s.rvar, o->dt, s.C, 6, 0.5, 1.5);
+    fill(s->vecs[0], o->dt, s->C, 3, 0.5, 1.0);
+    fill(s->vecs[1], o->dt, s->C, 4, 0.5, 0.0);
+    fill(s->vecs[2], o->dt, s->C, 5, 0.2, 1.0);
+    fill(s->vecs[3], o->dt, s->C, 6, 0.5, 1.5);
 
-    if (nk_ctx_create(&s.ctx) || nk_ctx_set_num_threads(s.ctx, o->threads) ||
-        nk_ctx_set_force_ref(s.ctx, o->ref)) {
-        fprintf(stderr, "bench: cannot create a context with %d threads\n", o->threads);
+    if (nk_ctx_create(&s->ctx) || nk_ctx_set_num_threads(s->ctx, o->threads) ||
+        nk_ctx_set_force_ref(s->ctx, o->ref)) {
+        snprintf(err, errlen, "cannot create a context with %d threads", o->threads);
         return 1;
     }
-    if ((st = workspace_size(&s, &s.ws_size))) {
-        fprintf(stderr, "bench: %s\n", nk_ctx_last_error(s.ctx));
+    if (workspace_size(s, &s->ws_size)) {
+        snprintf(err, errlen, "%s", nk_ctx_last_error(s->ctx));
         return 1;
     }
-    s.ws = alloc_touched(s.ws_size);
-    if (!s.ws) return 1;
-    if (bwd) { /* saved statistics from a training forward (written into y, then dx) */
-        bench_pass keep = s.o.pass;
-        s.o.pass = PASS_TRAIN;
-        st = run_op(&s);
-        s.o.pass = keep;
+    s->ws = alloc_touched(s->ws_size);
+    if (!s->ws) {
+        snprintf(err, errlen, "cannot allocate a %zu-byte workspace", s->ws_size);
+        return 1;
+    }
+    if (bwd) { /* saved statistics from a training forward (written into y, later dx) */
+        s->o.pass = PASS_TRAIN;
+        st = bench_run_op(s);
+        s->o.pass = o->pass;
         if (st < 0) {
-            fprintf(stderr, "bench: %s\n", nk_ctx_last_error(s.ctx));
+            snprintf(err, errlen, "%s", nk_ctx_last_error(s->ctx));
             return 1;
         }
     }
+    return 0;
+}
 
-    double *top = malloc(sizeof(double) * (size_t)o->reps);
-    double *tbase = malloc(sizeof(double) * (size_t)o->reps);
-    if (!top || !tbase) return 1;
-    for (int r = -BENCH_WARMUP; r < o->reps; r++) {
-        double t0 = now();
-        st = run_op(&s);
-        double t1 = now();
+void bench_teardown(bench_state *s) {
+    if (s->ctx) nk_ctx_destroy(s->ctx);
+    for (int i = 0; i < 8; i++) free(s->vecs[i]);
+    free(s->ws);
+    free(s->xb);
+    free(s->yb);
+    free(s->dyb);
+    memset(s, 0, sizeof *s);
+}
+
+/* ---- the one-shot CLI ------------------------------------------------------------------- */
+
+static int bench_run(const bench_opts *o, int reps) {
+    bench_state s;
+    char err[256];
+    if (bench_setup(&s, o, err, sizeof err)) {
+        fprintf(stderr, "bench: %s\n", err);
+        bench_teardown(&s);
+        return 1;
+    }
+    const int bwd = o->pass == PASS_BWD;
+    double *top = malloc(sizeof(double) * (size_t)reps);
+    double *tbase = malloc(sizeof(double) * (size_t)reps);
+    if (!top || !tbase) {
+        fprintf(stderr, "bench: out of memory\n");
+        free(top);
+        free(tbase);
+        bench_teardown(&s);
+        return 1;
+    }
+    int rc = 0;
+    for (int r = -BENCH_WARMUP; r < reps; r++) {
+        const double t0 = bench_now();
+        const nk_status st = bench_run_op(&s);
+        const double t1 = bench_now();
         if (st < 0) {
             fprintf(stderr, "bench: %s\n", nk_ctx_last_error(s.ctx));
-            return 1;
+            rc = 1;
+            break;
         }
-        if (bwd)
-            add_pass(yb, xb, dyb, numel, o->dt, o->threads);
-        else
-            copy_pass(yb, xb, bytes, o->threads);
-        double t2 = now();
+        bench_baseline(&s);
+        const double t2 = bench_now();
         if (r >= 0) {
             top[r] = t1 - t0;
             tbase[r] = t2 - t1;
         }
     }
-    const double moved = (double)bytes * (bwd ? 3.0 : 2.0);
-    qsort(top, (size_t)o->reps, sizeof *top, cmp_double);
-    qsort(tbase, (size_t)o->reps, sizeof *tbase, cmp_double);
-    const double mop = top[o->reps / 2], mbase = tbase[o->reps / 2];
-
-    char shape[128];
-    size_t k = 0;
-    for (int i = 0; i < o->ndim && k < sizeof shape; i++)
-        k += (size_t)snprintf(shape + k, sizeof shape - k, "%s%" PRId64, i ? "x" : "", o->dims[i]);
-    printf("%s %s %s %s %s threads %d kernels %s reps %d\n", OP_NAMES[o->op], PASS_NAMES[o->pass],
-           shape, rowwise ? "rows" : o->nhwc ? "nhwc" : "nchw", o->dt == NK_F32 ? "float32" : "float64",
-           o->threads, nk_ctx_kernels(s.ctx), o->reps);
-    printf("  op      median %9.3f ms  min %9.3f ms  %7.2f GB/s  (%s, %.1f MB)\n", 1e3 * mop,
-           1e3 * top[0], moved / mop * 1e-9, bwd ? "read x, dy, write dx" : "read x, write y",
-           moved * 1e-6);
-    printf("  %-6s  median %9.3f ms  min %9.3f ms  %7.2f GB/s\n", bwd ? "add" : "copy", 1e3 * mbase,
-           1e3 * tbase[0], moved / mbase * 1e-9);
-    printf("  ratio op / %s (medians) %.2f\n", bwd ? "add" : "copy", mop / mbase);
-
+    if (!rc) {
+        const double moved = bench_bytes_moved(&s);
+        qsort(top, (size_t)reps, sizeof *top, cmp_double);
+        qsort(tbase, (size_t)reps, sizeof *tbase, cmp_double);
+        const double mop = top[reps / 2], mbase = tbase[reps / 2];
+        const int rowwise = o->op == OP_LN || o->op == OP_RMS;
+        char shape[128];
+        size_t k = 0;
+        for (int i = 0; i < o->ndim && k < sizeof shape; i++)
+            k += (size_t)snprintf(shape + k, sizeof shape - k, "%s%" PRId64, i ? "x" : "", o->dims[i]);
+        printf("%s %s %s %s %s threads %d kernels %s reps %d\n", BENCH_OP_NAMES[o->op],
+               BENCH_PASS_NAMES[o->pass], shape, rowwise ? "rows" : o->nhwc ? "nhwc" : "nchw",
+               o->dt == NK_F32 ? "float32" : "float64", o->threads, nk_ctx_kernels(s.ctx), reps);
+        printf("  op      median %10.1f us  min %10.1f us  %7.2f GB/s  (%s, %.3f MB)\n", 1e6 * mop,
+               1e6 * top[0], moved / mop * 1e-9, bwd ? "read x, dy, write dx" : "read x, write y",
+               moved * 1e-6);
+        printf("  %-6s  median %10.1f us  min %10.1f us  %7.2f GB/s\n", bwd ? "add" : "copy",
+               1e6 * mbase, 1e6 * tbase[0], moved / mbase * 1e-9);
+        printf("  ratio op / %s (medians) %.2f\n", bwd ? "add" : "copy", mop / mbase);
+    }
     free(top);
     free(tbase);
-    nk_ctx_destroy(s.ctx);
-    for (int i = 0; i < 8; i++) free(*vecs[i]);
-    free(s.ws);
-    free(xb);
-    free(yb);
-    free(dyb);
-    return 0;
+    bench_teardown(&s);
+    return rc;
 }
 
 int nk_cmd_bench(int argc, char **argv) {
@@ -375,8 +438,8 @@ int nk_cmd_bench(int argc, char **argv) {
     o.op = OP_BN;
     o.pass = PASS_TRAIN;
     o.threads = 1;
-    o.reps = BENCH_REPS;
     o.dt = NK_F32;
+    int reps = BENCH_REPS, serve = 0;
     const char *shape = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -388,6 +451,10 @@ int nk_cmd_bench(int argc, char **argv) {
             o.ref = 1;
             continue;
         }
+        if (!strcmp(a, "--serve")) {
+            serve = 1;
+            continue;
+        }
         if (!v) {
             fprintf(stderr, "bench: %s needs a value (see 'normkit bench --help')\n", a);
             return 2;
@@ -395,11 +462,11 @@ int nk_cmd_bench(int argc, char **argv) {
         i++;
         int bad = 0;
         if (!strcmp(a, "--op")) {
-            const int k = pick(v, OP_NAMES, 5);
+            const int k = bench_pick(v, BENCH_OP_NAMES, BENCH_NUM_OPS);
             bad = k < 0;
             o.op = (bench_op)(bad ? 0 : k);
         } else if (!strcmp(a, "--pass")) {
-            const int k = pick(v, PASS_NAMES, 3);
+            const int k = bench_pick(v, BENCH_PASS_NAMES, BENCH_NUM_PASSES);
             bad = k < 0;
             o.pass = (bench_pass)(bad ? 0 : k);
         } else if (!strcmp(a, "--shape")) {
@@ -411,8 +478,8 @@ int nk_cmd_bench(int argc, char **argv) {
             o.threads = atoi(v);
             bad = o.threads < 1 || o.threads > 1024;
         } else if (!strcmp(a, "--reps")) {
-            o.reps = atoi(v);
-            bad = o.reps < 1;
+            reps = atoi(v);
+            bad = reps < 1;
         } else if (!strcmp(a, "--dtype")) {
             bad = strcmp(v, "f32") && strcmp(v, "f64");
             o.dt = !strcmp(v, "f64") ? NK_F64 : NK_F32;
@@ -428,27 +495,17 @@ int nk_cmd_bench(int argc, char **argv) {
             return 2;
         }
     }
+    if (serve) return bench_serve(o.threads, o.ref);
     const int rowwise = o.op == OP_LN || o.op == OP_RMS;
     if (!shape) shape = rowwise ? "4096x4096" : "16x256x56x56";
-    if (!parse_shape(shape, &o)) {
+    if (!bench_parse_shape(shape, &o)) {
         fprintf(stderr, "bench: bad --shape '%s' (e.g. 16x256x56x56)\n", shape);
         return 2;
     }
-    if (rowwise && o.nhwc) {
-        fprintf(stderr, "bench: --layout nhwc applies to bn, gn and in only\n");
+    char err[256];
+    if (bench_check(&o, err, sizeof err)) {
+        fprintf(stderr, "bench: %s\n", err);
         return 2;
     }
-    if (!rowwise && o.ndim < 2) {
-        fprintf(stderr, "bench: %s needs a shape NxC[xHxW...]\n", OP_NAMES[o.op]);
-        return 2;
-    }
-    if (o.op == OP_GN) {
-        const int64_t C = o.dims[1];
-        if (!o.groups) o.groups = C < 32 ? C : 32;
-        if (C % o.groups) {
-            fprintf(stderr, "bench: --groups %" PRId64 " does not divide C = %" PRId64 "\n", o.groups, C);
-            return 2;
-        }
-    }
-    return bench_run(&o);
+    return bench_run(&o, reps);
 }
