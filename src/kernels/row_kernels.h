@@ -4,9 +4,15 @@
  * (the reduced axes' row-major order), so per-position parameters are plain arrays indexed
  * by j. Tensor slots in the view: 0 = x, 1 = y (forward) or dy (backward), 2 = dx.
  * Per-element arithmetic is done in double. Kernels never allocate, print or exit.
- * Optimized kernels (kernels/simd/row_simd_impl.h) give the reference's bits for normalize,
- * bwd_apply and col_accum (same operations, same order, no FMA) and differ only in the last
- * bits of the row sums of bwd_reduce. */
+ *
+ * Optimized kernels (kernels/simd/row_simd_impl.h) do not give the reference's bits: they use
+ * fused multiply-adds where the reference rounds twice (normalize, bwd_apply) and 16
+ * position-indexed lanes for the row sums of bwd_reduce (kernels/simd/lanes16.h). Their
+ * double results differ from the reference's by a few ulp of double, and float32 outputs by
+ * at most one ulp (a double result near a tie between two floats); the tests compare them
+ * with TOL_F32_RESULT / TOL_F64_RESULT (tests/unit/nk_test.h). Optimized results are bitwise
+ * identical across instruction sets, layouts (vector and scalar paths evaluate the same
+ * operations), alignments and thread counts. */
 #ifndef NK_ROW_KERNELS_H
 #define NK_ROW_KERNELS_H
 
@@ -20,13 +26,18 @@ typedef struct nk_row_kernels {
     void (*bwd_reduce)(const nk_cview *v, const void *x, const void *dy, int64_t r, int64_t j0,
                        int64_t j1, double c, const double *gamma, double *sum_h,
                        double *sum_hd);
-    /* dx = ka * h + kx * (x - c) + k0,  h = dy * gamma[j] */
+    /* The backward's element-wise pass, one read of x and dy for both outputs, dy read before
+     * dx is written (dx may be dy):
+     *   dx = ka * h + kx * (x - c) + k0,  h = dy * gamma[j]    (dx NULL: skipped)
+     *   pg[j] += dy * (x - c) * a,  pb[j] += dy                  (either may be NULL) */
     void (*bwd_apply)(const nk_cview *v, const void *x, const void *dy, void *dx, int64_t r,
                       int64_t j0, int64_t j1, double c, const double *gamma, double ka,
-                      double kx, double k0);
-    /* column partials: pg[j] += dy * (x - c) * a,  pb[j] += dy   (either may be NULL) */
-    void (*col_accum)(const nk_cview *v, const void *x, const void *dy, int64_t r, int64_t j0,
-                      int64_t j1, double c, double a, double *pg, double *pb);
+                      double kx, double k0, double a, double *pg, double *pb);
+    /* Outputs of views of at least NK_STREAM_MIN_BYTES (kernels.h) may be written with
+     * streaming stores by normalize and bwd_apply; flush orders them (an SFENCE, nothing in
+     * the reference) and is called by each task after its last kernel call, before the
+     * outputs can be read by another thread. */
+    void (*flush)(void);
 } nk_row_kernels;
 
 extern const nk_row_kernels nk_row_ref_f32, nk_row_ref_f64;

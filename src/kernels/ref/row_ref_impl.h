@@ -54,10 +54,12 @@ static void RFN(row_bwd_reduce_)(const nk_cview *v, const void *xv, const void *
     *sum_hd = shd;
 }
 
-/* x: slot 0, dy: slot 1, dx: slot 2 (dx may be dy: each element is read before written) */
+/* x: slot 0, dy: slot 1, dx: slot 2 (dx may be dy: each element is read before written;
+ * dx NULL: only the column sums) */
 static void RFN(row_bwd_apply_)(const nk_cview *v, const void *xv, const void *dyv, void *dxv,
                                 int64_t r, int64_t j0, int64_t j1, double c,
-                                const double *gamma, double ka, double kx, double k0) {
+                                const double *gamma, double ka, double kx, double k0, double a,
+                                double *pg, double *pb) {
     const T *x = xv, *dy = dyv;
     T *dx = dxv;
     const int in = v->nd - 1;
@@ -66,36 +68,23 @@ static void RFN(row_bwd_apply_)(const nk_cview *v, const void *xv, const void *d
     int64_t off[NK_CV_MAXT], n, j = j0;
     for (nk_seg_begin(&it, v, r, j0, j1); (n = nk_seg_next(&it, off)); j += n) {
         const T *p = x + off[0], *g = dy + off[1];
-        T *o = dx + off[2];
-        for (int64_t i = 0; i < n; i++) {
-            double h = (double)g[i * sd];
-            if (gamma) h *= gamma[j + i];
-            o[i * so] = (T)(ka * h + kx * ((double)p[i * sx] - c) + k0);
-        }
-    }
-}
-
-/* x: slot 0, dy: slot 1 */
-static void RFN(row_col_accum_)(const nk_cview *v, const void *xv, const void *dyv, int64_t r,
-                                int64_t j0, int64_t j1, double c, double a, double *pg,
-                                double *pb) {
-    const T *x = xv, *dy = dyv;
-    const int in = v->nd - 1;
-    const int64_t sx = v->st[0][in], sd = v->st[1][in];
-    nk_seg_iter it;
-    int64_t off[NK_CV_MAXT], n, j = j0;
-    for (nk_seg_begin(&it, v, r, j0, j1); (n = nk_seg_next(&it, off)); j += n) {
-        const T *p = x + off[0], *g = dy + off[1];
         for (int64_t i = 0; i < n; i++) {
             const double gi = (double)g[i * sd];
             if (pg) pg[j + i] += gi * (((double)p[i * sx] - c) * a);
             if (pb) pb[j + i] += gi;
+            if (dx) {
+                const double h = gamma ? gi * gamma[j + i] : gi;
+                dx[off[2] + i * so] = (T)(ka * h + kx * ((double)p[i * sx] - c) + k0);
+            }
         }
     }
 }
 
+/* no streaming stores: nothing to order */
+static void RFN(row_flush_)(void) {}
+
 const nk_row_kernels RFN(nk_row_ref_) = {RFN(row_normalize_), RFN(row_bwd_reduce_),
-                                         RFN(row_bwd_apply_), RFN(row_col_accum_)};
+                                         RFN(row_bwd_apply_), RFN(row_flush_)};
 
 #undef RFN
 #undef NK_RCAT

@@ -3,11 +3,13 @@
  * vector layer, T = the element type, SFX = f32 or f64, RTABLE = the name of the table.
  *
  * Contract: kernels/row_kernels.h; reference: kernels/ref/row_ref_impl.h. Values are converted
- * to double on load. Element-wise results (normalize, bwd_apply, col_accum) are the
- * reference's operations in the reference's order without FMA, hence its bits; the row sums
- * of bwd_reduce are formed in the 16 lanes of kernels/simd/lanes16.h whatever the layout, and
- * differ from the reference's in the last bits. Runs whose strides are not 1 take the scalar
- * loop written above each function. */
+ * to double on load. Element-wise results (normalize, bwd_apply) use fused multiply-adds where
+ * the reference rounds twice (the expressions are written above each function), and the row
+ * sums of bwd_reduce are formed in the 16 lanes of kernels/simd/lanes16.h whatever the layout:
+ * both differ from the reference's in the last bits of double. Runs whose strides are not 1
+ * take a scalar loop with the same operations (fma() is the FMA instruction under this
+ * file's -mfma), so every layout, alignment and ISA gives the same bits. Outputs of large views
+ * are written with streaming stores (kernels.h, NK_STREAM_MIN_BYTES), ordered by flush. */
 #include <math.h>
 #include <stdint.h>
 
@@ -19,25 +21,52 @@
 #define RLD NK_RCAT(vd_load_, SFX)
 #define RST NK_RCAT(vd_store_, SFX)
 #define RMLD NK_RCAT(vd_maskload_, SFX)
+#define RSST NK_RCAT(vd_stream_, SFX)
 
-/* for (i = 0; i < n; i++)    (gamma, beta: the row position's parameters; NULL: skipped)
- *     y[i] = (T)(((double)x[i] - c) * a * gamma[i] + beta[i]); */
+/* Streaming stores for the outputs of view v (kernels.h, NK_STREAM_MIN_BYTES): R rows of K. */
+NK_VEC_INLINE int RFN(rstreams_)(const nk_cview *v) {
+    return v->C * v->M * (int64_t)sizeof(T) >= NK_STREAM_MIN_BYTES;
+}
+
+/* Values before q + i is aligned for a streaming store (VW elements), at most n - i. */
+NK_VEC_INLINE int64_t RFN(rhead_)(const T *q, int64_t n) {
+    const uintptr_t al = (uintptr_t)(VW * sizeof(T)), mis = (uintptr_t)q % al;
+    if (mis % sizeof(T)) return n; /* not even element-aligned: never aligned */
+    const int64_t h = mis ? (int64_t)((al - mis) / sizeof(T)) : 0;
+    return h < n ? h : n;
+}
+
+/* One value of normalize: d = x - c (skipped when c is +0: x - (+0) is x for every x, -0
+ * included), t = a * gamma (a without gamma), y = fma(d, t, beta) (d * t without beta).
+ * The vector loop evaluates the same operations, so strided, unaligned and vector paths agree
+ * bitwise. Against the reference's ((x - c) * a) * gamma + beta: one rounding fewer, the
+ * product a * gamma rounded instead of (x - c) * a, both in double: the double results differ
+ * by a few ulp of double and the float32 outputs by at most one ulp (on a near tie). */
+#define RN_ONE(xv, c, a, gj, bj, cent)                                                           \
+    ((bj) ? fma((cent) ? (xv) - (c) : (xv), (gj) ? (a) * *(gj) : (a), *(bj))                     \
+          : ((cent) ? (xv) - (c) : (xv)) * ((gj) ? (a) * *(gj) : (a)))
+
+/* for (i = 0; i < n; i++) y[i] = (T)RN_ONE((double)x[i], c, a, gamma + i, beta + i, cent);
+ * gj, bj, cent and stream are constants at each call site: one loop per combination. */
 NK_VEC_INLINE void RFN(rnorm_run_)(const T *p, T *q, int64_t n, double c, double a,
-                                   const double *gj, const double *bj) {
+                                   const double *gj, const double *bj, int cent, int stream) {
     const vd vc = vd_set1(c), va = vd_set1(a);
     int64_t i = 0;
+    if (stream)
+        for (const int64_t h = RFN(rhead_)(q, n); i < h; i++)
+            q[i] = (T)RN_ONE((double)p[i], c, a, gj ? gj + i : NULL, bj ? bj + i : NULL, cent);
     for (; i + VW <= n; i += VW) {
-        vd r = vd_mul(vd_sub(RLD(p + i), vc), va);
-        if (gj) r = vd_mul(r, vd_load_f64(gj + i));
-        if (bj) r = vd_add(r, vd_load_f64(bj + i));
-        RST(q + i, r);
+        vd d = RLD(p + i);
+        if (cent) d = vd_sub(d, vc);
+        const vd t = gj ? vd_mul(va, vd_load_f64(gj + i)) : va;
+        const vd r = bj ? vd_fmadd(d, t, vd_load_f64(bj + i)) : vd_mul(d, t);
+        if (stream)
+            RSST(q + i, r);
+        else
+            RST(q + i, r);
     }
-    for (; i < n; i++) {
-        double r = ((double)p[i] - c) * a;
-        if (gj) r = r * gj[i];
-        if (bj) r = r + bj[i];
-        q[i] = (T)r;
-    }
+    for (; i < n; i++)
+        q[i] = (T)RN_ONE((double)p[i], c, a, gj ? gj + i : NULL, bj ? bj + i : NULL, cent);
 }
 
 static void RFN(row_normalize_)(const nk_cview *v, const void *xv, void *yv, int64_t r,
@@ -47,6 +76,8 @@ static void RFN(row_normalize_)(const nk_cview *v, const void *xv, void *yv, int
     T *y = yv;
     const int in = v->nd - 1;
     const int64_t sx = v->st[0][in], sy = v->st[1][in];
+    const int cent = !(c == 0.0 && !signbit(c));
+    const int stream = sx == 1 && sy == 1 && RFN(rstreams_)(v);
     nk_seg_iter it;
     int64_t off[NK_CV_MAXT], n, j = j0;
     for (nk_seg_begin(&it, v, r, j0, j1); (n = nk_seg_next(&it, off)); j += n) {
@@ -54,23 +85,25 @@ static void RFN(row_normalize_)(const nk_cview *v, const void *xv, void *yv, int
         T *q = y + off[1];
         const double *gj = gamma ? gamma + j : NULL, *bj = beta ? beta + j : NULL;
         if (sx == 1 && sy == 1) {
-            /* one instance per combination, so the branches leave the loop */
-            if (gj && bj)
-                RFN(rnorm_run_)(p, q, n, c, a, gj, bj);
-            else if (gj)
-                RFN(rnorm_run_)(p, q, n, c, a, gj, NULL);
-            else if (bj)
-                RFN(rnorm_run_)(p, q, n, c, a, NULL, bj);
-            else
-                RFN(rnorm_run_)(p, q, n, c, a, NULL, NULL);
+            /* one instance per combination, so the branches leave the loop; RMS norm (c = 0)
+             * has no beta */
+            if (stream) {
+                if (gj && bj)
+                    RFN(rnorm_run_)(p, q, n, c, a, gj, bj, 1, 1);
+                else
+                    RFN(rnorm_run_)(p, q, n, c, a, gj, bj, cent, 1);
+            } else if (gj && bj) {
+                RFN(rnorm_run_)(p, q, n, c, a, gj, bj, 1, 0);
+            } else if (gj && !cent) {
+                RFN(rnorm_run_)(p, q, n, c, a, gj, NULL, 0, 0);
+            } else {
+                RFN(rnorm_run_)(p, q, n, c, a, gj, bj, cent, 0);
+            }
             continue;
         }
-        for (int64_t i = 0; i < n; i++) {
-            double o = ((double)p[i * sx] - c) * a;
-            if (gj) o = o * gj[i];
-            if (bj) o = o + bj[i];
-            q[i * sy] = (T)o;
-        }
+        for (int64_t i = 0; i < n; i++)
+            q[i * sy] = (T)RN_ONE((double)p[i * sx], c, a, gj ? gj + i : NULL,
+                                  bj ? bj + i : NULL, cent);
     }
 }
 
@@ -151,77 +184,97 @@ static void RFN(row_bwd_reduce_)(const nk_cview *v, const void *xv, const void *
     *sum_hd = nk_sum16(HD);
 }
 
-/* for (i = 0; i < n; i++) {
- *     double h = (double)dy[i];  if (gamma) h *= gamma[i];
- *     dx[i] = (T)(ka * h + kx * ((double)x[i] - c) + k0);
- * } */
+/* One dx value and the column sums, d = x - c, h = dy * gamma (dy without gamma):
+ *     dx = ka * h + fma(kx, d, k0);  pg[j] = fma(dy, d * a, pg[j]);  pb[j] += dy
+ * Against the reference's (ka * h + kx * d) + k0 and pg[j] + dy * (d * a): one rounding
+ * fewer each; the double results differ by a few ulp of double (of the largest of the terms,
+ * as the reference's own error), the float32 dx by at most one ulp on a near tie. ka * h is
+ * rounded on its own, not fused: k0 = -ka sum(h) / K is a rounded product too, so h - mean(h)
+ * still cancels exactly when it should (K = 1, a row of equal h), as in the reference;
+ * fma(ka, h, k0) would leave the rounding error of k0 (~1e-16 |ka h|) instead of 0. dy is read
+ * before dx is written (dx may be dy). gj, qg, qb, o and stream are constants at each call
+ * site: one loop per combination. */
+NK_VEC_INLINE void RFN(rbwd_run_)(const T *p, const T *g, T *o, int64_t n, double c,
+                                  const double *gj, double ka, double kx, double k0, double a,
+                                  double *qg, double *qb, int stream) {
+    const vd vc = vd_set1(c), va = vd_set1(a), vka = vd_set1(ka), vkx = vd_set1(kx),
+             vk0 = vd_set1(k0);
+    int64_t i = 0;
+#define RB_ONE(i)                                                                                \
+    do {                                                                                         \
+        const double gi = (double)g[i], di = (double)p[i] - c;                                   \
+        if (qg) qg[i] = fma(gi, di * a, qg[i]);                                                  \
+        if (qb) qb[i] += gi;                                                                     \
+        if (o) o[i] = (T)(ka * (gj ? gi * gj[i] : gi) + fma(kx, di, k0));                         \
+    } while (0)
+    if (stream)
+        for (const int64_t h = RFN(rhead_)(o, n); i < h; i++) RB_ONE(i);
+    for (; i + VW <= n; i += VW) {
+        const vd gv = RLD(g + i), d = vd_sub(RLD(p + i), vc);
+        if (qg) vd_store_f64(qg + i, vd_fmadd(gv, vd_mul(d, va), vd_load_f64(qg + i)));
+        if (qb) vd_store_f64(qb + i, vd_add(vd_load_f64(qb + i), gv));
+        if (o) {
+            const vd h = gj ? vd_mul(gv, vd_load_f64(gj + i)) : gv;
+            const vd r = vd_add(vd_mul(vka, h), vd_fmadd(vkx, d, vk0));
+            if (stream)
+                RSST(o + i, r);
+            else
+                RST(o + i, r);
+        }
+    }
+    for (; i < n; i++) RB_ONE(i);
+#undef RB_ONE
+}
+
 static void RFN(row_bwd_apply_)(const nk_cview *v, const void *xv, const void *dyv, void *dxv,
                                 int64_t r, int64_t j0, int64_t j1, double c,
-                                const double *gamma, double ka, double kx, double k0) {
+                                const double *gamma, double ka, double kx, double k0, double a,
+                                double *pg, double *pb) {
     const T *x = xv, *dy = dyv;
     T *dx = dxv;
     const int in = v->nd - 1;
-    const int64_t sx = v->st[0][in], sd = v->st[1][in], so = v->st[2][in];
-    const vd vc = vd_set1(c), vka = vd_set1(ka), vkx = vd_set1(kx), vk0 = vd_set1(k0);
+    const int64_t sx = v->st[0][in], sd = v->st[1][in], so = dx ? v->st[2][in] : 1;
+    const int stream = dx && sx == 1 && sd == 1 && so == 1 && RFN(rstreams_)(v);
     nk_seg_iter it;
     int64_t off[NK_CV_MAXT], n, j = j0;
     for (nk_seg_begin(&it, v, r, j0, j1); (n = nk_seg_next(&it, off)); j += n) {
         const T *p = x + off[0], *g = dy + off[1];
-        T *o = dx + off[2];
+        T *o = dx ? dx + off[2] : NULL;
         const double *gj = gamma ? gamma + j : NULL;
-        int64_t i = 0;
-        if (sx == 1 && sd == 1 && so == 1)
-            for (; i + VW <= n; i += VW) {
-                vd h = RLD(g + i);
-                if (gj) h = vd_mul(h, vd_load_f64(gj + i));
-                RST(o + i, vd_add(vd_add(vd_mul(vka, h), vd_mul(vkx, vd_sub(RLD(p + i), vc))), vk0));
-            }
-        for (; i < n; i++) {
-            double h = (double)g[i * sd];
-            if (gj) h *= gj[i];
-            o[i * so] = (T)(ka * h + kx * ((double)p[i * sx] - c) + k0);
+        double *qg = pg ? pg + j : NULL, *qb = pb ? pb + j : NULL;
+        if (sx == 1 && sd == 1 && so == 1) {
+            /* the training backward's combinations get their own loops */
+            if (o && gj && qg && qb && stream)
+                RFN(rbwd_run_)(p, g, o, n, c, gj, ka, kx, k0, a, qg, qb, 1);
+            else if (o && gj && qg && qb)
+                RFN(rbwd_run_)(p, g, o, n, c, gj, ka, kx, k0, a, qg, qb, 0);
+            else if (o && gj && !qg && !qb)
+                RFN(rbwd_run_)(p, g, o, n, c, gj, ka, kx, k0, a, NULL, NULL, stream);
+            else if (o && !gj && !qg && !qb)
+                RFN(rbwd_run_)(p, g, o, n, c, NULL, ka, kx, k0, a, NULL, NULL, stream);
+            else
+                RFN(rbwd_run_)(p, g, o, n, c, gj, ka, kx, k0, a, qg, qb, stream);
+            continue;
+        }
+        for (int64_t i = 0; i < n; i++) {
+            const double gi = (double)g[i * sd], di = (double)p[i * sx] - c;
+            if (qg) qg[i] = fma(gi, di * a, qg[i]);
+            if (qb) qb[i] += gi;
+            if (o) o[i * so] = (T)(ka * (gj ? gi * gj[i] : gi) + fma(kx, di, k0));
         }
     }
 }
 
-/* for (i = 0; i < n; i++) {
- *     const double g = (double)dy[i];
- *     if (pg) pg[i] += g * (((double)x[i] - c) * a);
- *     if (pb) pb[i] += g;
- * } */
-static void RFN(row_col_accum_)(const nk_cview *v, const void *xv, const void *dyv, int64_t r,
-                                int64_t j0, int64_t j1, double c, double a, double *pg,
-                                double *pb) {
-    const T *x = xv, *dy = dyv;
-    const int in = v->nd - 1;
-    const int64_t sx = v->st[0][in], sd = v->st[1][in];
-    const vd vc = vd_set1(c), va = vd_set1(a);
-    nk_seg_iter it;
-    int64_t off[NK_CV_MAXT], n, j = j0;
-    for (nk_seg_begin(&it, v, r, j0, j1); (n = nk_seg_next(&it, off)); j += n) {
-        const T *p = x + off[0], *g = dy + off[1];
-        double *qg = pg ? pg + j : NULL, *qb = pb ? pb + j : NULL;
-        int64_t i = 0;
-        if (sx == 1 && sd == 1)
-            for (; i + VW <= n; i += VW) {
-                const vd gv = RLD(g + i);
-                if (qg)
-                    vd_store_f64(qg + i, vd_add(vd_load_f64(qg + i),
-                                                vd_mul(gv, vd_mul(vd_sub(RLD(p + i), vc), va))));
-                if (qb) vd_store_f64(qb + i, vd_add(vd_load_f64(qb + i), gv));
-            }
-        for (; i < n; i++) {
-            const double gi = (double)g[i * sd];
-            if (qg) qg[i] += gi * (((double)p[i * sx] - c) * a);
-            if (qb) qb[i] += gi;
-        }
-    }
-}
+/* Orders the streaming stores of the calls before it (an SFENCE): called at the end of each
+ * task, not of each row. */
+static void RFN(row_flush_)(void) { vd_stream_fence(); }
 
 const nk_row_kernels RTABLE = {RFN(row_normalize_), RFN(row_bwd_reduce_), RFN(row_bwd_apply_),
-                               RFN(row_col_accum_)};
+                               RFN(row_flush_)};
 
 #undef RMLD
+#undef RSST
+#undef RN_ONE
 #undef RST
 #undef RLD
 #undef RFN
