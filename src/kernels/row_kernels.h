@@ -22,10 +22,11 @@ typedef struct nk_row_kernels {
     /* y = (x - c) * a * gamma[j] + beta[j]; gamma NULL means 1, beta NULL means 0 */
     void (*normalize)(const nk_cview *v, const void *x, void *y, int64_t r, int64_t j0,
                       int64_t j1, double c, double a, const double *gamma, const double *beta);
-    /* h = dy * gamma[j]:  *sum_h = sum h,  *sum_hd = sum h * (x - c) */
+    /* h = dy * gamma[j]:  *sum_h = sum h,  *sum_hd = sum h * (x - c),  and when sum_d is not
+     * NULL *sum_d = sum (x - c) (corrects a center c that was rounded when it was saved) */
     void (*bwd_reduce)(const nk_cview *v, const void *x, const void *dy, int64_t r, int64_t j0,
                        int64_t j1, double c, const double *gamma, double *sum_h,
-                       double *sum_hd);
+                       double *sum_hd, double *sum_d);
     /* The backward's element-wise pass, one read of x and dy for both outputs, dy read before
      * dx is written (dx may be dy):
      *   dx = ka * h + kx * (x - c) + k0,  h = dy * gamma[j]    (dx NULL: skipped)

@@ -355,8 +355,12 @@ nk_status nk_rn_forward(nk_ctx *ctx, const nk_rn_spec *s, const nk_tensor *x,
 
 /* A float32 save_mean is the double row mean rounded: for rows with a large mean and a small
  * spread (mean 1e4, std 1e-2) its error, ulp(1e4) / 2 = 5e-4, is 5 % of the std and would
- * shift every x - mean. The backward therefore recomputes the row means from x exactly as the
- * forward did (same kernel, same blocks: the same doubles). */
+ * shift every x - mean. The backward therefore re-centers such rows on their exact mean:
+ *  - whole rows: from the saved c0, the row sums pass also forms S = sum (x - c0) (each term
+ *    exact in double: two floats within 2^29 of each other), so c = c0 + S / K is the row mean
+ *    to a few ulp of double and sum h (x - c) = sum h (x - c0) - (c - c0) sum h (the
+ *    correction is ~1e-3 of the sum at most: no cancellation). No extra pass over x.
+ *  - rows of several blocks: the means are recomputed by nk_moments_blocks, as the forward. */
 
 /* Adds the row blocks' column partials in block order into ws[colsum] (dgamma, dbeta). */
 static void merge_columns(const rn_plan *p, const rn_layout *l, double *ws) {
@@ -393,7 +397,7 @@ typedef struct rn_bwd {
     double *ws;
     const nk_cview *v;
     const nk_row_kernels *rk;
-    const nk_bn_kernels *mk; /* recomputes the row means; NULL: the saved ones are used */
+    int recenter;            /* re-center on the row means (float32 saved means) */
     const void *x, *dy;
     void *dx;                /* NULL: no dx */
     const nk_tensor *stat0, *stat1;
@@ -414,13 +418,18 @@ static void bwd_whole_rows(const nk_ctx *ctx, const rn_bwd *b) {
         block_partials(p, b->l, b->ws, rb, 0, K, b->want_g, b->want_b, &pg, &pb);
         const int64_t r0 = rb * p->rb_rows, r1 = r0 + p->rb_rows < R ? r0 + p->rb_rows : R;
         for (int64_t r = r0; r < r1; r++) {
-            double c, a, sd, m2, ka = 0.0, kx = 0.0, k0 = 0.0;
+            double c, a, sd, ka = 0.0, kx = 0.0, k0 = 0.0;
             row_saved(b->s, b->stat0, b->stat1, NULL, r, &c, &a, &sd);
-            if (b->mk) b->mk->moments(b->v, b->x, r, 0, K, &c, &m2);
-            if (b->dx) {
-                double sh, shd;
-                b->rk->bwd_reduce(b->v, b->x, b->dy, r, 0, K, c, b->g, &sh, &shd);
-                row_coeffs(b->s, K, a, sd, sh, shd, &ka, &kx, &k0);
+            if (b->dx || b->recenter) {
+                double sh, shd, sdx;
+                b->rk->bwd_reduce(b->v, b->x, b->dy, r, 0, K, c, b->g, &sh, &shd,
+                                  b->recenter ? &sdx : NULL);
+                if (b->recenter) {
+                    const double c1 = c + sdx / (double)K;
+                    shd -= (c1 - c) * sh;
+                    c = c1;
+                }
+                if (b->dx) row_coeffs(b->s, K, a, sd, sh, shd, &ka, &kx, &k0);
             }
             b->rk->bwd_apply(b->v, b->x, b->dy, b->dx, r, 0, K, c, b->g, ka, kx, k0, a, pg, pb);
         }
@@ -444,7 +453,7 @@ static void bwd_blocked_rows(const nk_ctx *ctx, const rn_bwd *b, const double *c
             double c, a, sd;
             row_saved(b->s, b->stat0, b->stat1, centers, r, &c, &a, &sd);
             b->rk->bwd_reduce(b->v, b->x, b->dy, r, j0, j1, c, b->g, &part[2 * t],
-                              &part[2 * t + 1]);
+                              &part[2 * t + 1], NULL);
         }
     }
     for (int64_t r = 0; r < R; r++) { /* c, a, ka, kx, k0; block partials added in order */
@@ -519,7 +528,7 @@ nk_status nk_rn_backward(nk_ctx *ctx, const nk_rn_spec *s, const nk_tensor *x,
     nk_view_init_mask(&v, 3, ts, s->kept_mask);
     const nk_row_kernels *rk = nk_row_kernels_for(ctx, x->dtype);
     const int recenter = s->kind != NK_RN_RMS && stat0->dtype == NK_F32;
-    const rn_bwd b = {s, &p, &l, ws, &v, rk, recenter ? nk_bn_kernels_for(ctx, x->dtype) : NULL,
+    const rn_bwd b = {s, &p, &l, ws, &v, rk, recenter,
                       x->data, dy->data, dx ? dx->data : NULL, stat0, stat1, g,
                       dgamma != NULL, dbeta != NULL};
     if (p.nb == 1) {
@@ -528,7 +537,8 @@ nk_status nk_rn_backward(nk_ctx *ctx, const nk_rn_spec *s, const nk_tensor *x,
         const double *centers = NULL;
         if (recenter) {
             nk_moments *mom = (nk_moments *)(ws + l.mom);
-            nk_moments_blocks(ctx, b.mk, &v, x->data, ws + l.mom_part, mom);
+            nk_moments_blocks(ctx, nk_bn_kernels_for(ctx, x->dtype), &v, x->data, ws + l.mom_part,
+                              mom);
             for (int64_t r = 0; r < R; r++) ws[l.centers + r] = mom[r].mean;
             centers = ws + l.centers;
         }

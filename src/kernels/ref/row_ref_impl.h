@@ -34,24 +34,27 @@ static void RFN(row_normalize_)(const nk_cview *v, const void *xv, void *yv, int
 /* x: slot 0, dy: slot 1 */
 static void RFN(row_bwd_reduce_)(const nk_cview *v, const void *xv, const void *dyv, int64_t r,
                                  int64_t j0, int64_t j1, double c, const double *gamma,
-                                 double *sum_h, double *sum_hd) {
+                                 double *sum_h, double *sum_hd, double *sum_d) {
     const T *x = xv, *dy = dyv;
     const int in = v->nd - 1;
     const int64_t sx = v->st[0][in], sd = v->st[1][in];
     nk_seg_iter it;
     int64_t off[NK_CV_MAXT], n, j = j0;
-    double sh = 0.0, shd = 0.0;
+    double sh = 0.0, shd = 0.0, sdd = 0.0;
     for (nk_seg_begin(&it, v, r, j0, j1); (n = nk_seg_next(&it, off)); j += n) {
         const T *p = x + off[0], *g = dy + off[1];
         for (int64_t i = 0; i < n; i++) {
             double h = (double)g[i * sd];
             if (gamma) h *= gamma[j + i];
+            const double d = (double)p[i * sx] - c;
             sh += h;
-            shd += h * ((double)p[i * sx] - c);
+            shd += h * d;
+            sdd += d;
         }
     }
     *sum_h = sh;
     *sum_hd = shd;
+    if (sum_d) *sum_d = sdd;
 }
 
 /* x: slot 0, dy: slot 1, dx: slot 2 (dx may be dy: each element is read before written;

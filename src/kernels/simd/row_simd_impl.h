@@ -108,13 +108,14 @@ static void RFN(row_normalize_)(const nk_cview *v, const void *xv, void *yv, int
 }
 
 /* q = position in the block [j0, j1), sums in the 16 lanes of kernels/simd/lanes16.h:
- *     for each value: h = (double)dy;  if (gamma) h *= gamma[j];  l = q % 16;
- *                     H[l] += h;  HD[l] = fma(h, (double)x - c, HD[l]);
- *     sum_h = nk_sum16(H), sum_hd = nk_sum16(HD)
+ *     for each value: d = (double)x - c;  h = (double)dy;  if (gamma) h *= gamma[j];
+ *                     l = q % 16;  H[l] += h;  HD[l] = fma(h, d, HD[l]);  D[l] += d;
+ *     sum_h = nk_sum16(H), sum_hd = nk_sum16(HD), sum_d = nk_sum16(D)
  * Runs of stride 1 feed the lanes with vectors (masked where a run does not start or end on a
- * multiple of 16); other strides take the scalar loop: the same lane sums either way. */
+ * multiple of 16); other strides take the scalar loop: the same lane sums either way. wd
+ * (sum_d wanted) is a constant at each call site. */
 NK_VEC_INLINE void RFN(rbr_part_)(const T *xb, const T *gb, const double *gmb, int lo, int hi,
-                                  vd vc, vd *ah, vd *ahd) {
+                                  vd vc, vd *ah, vd *ahd, vd *ad, int wd) {
     for (int k = 0; k < NK_LANE_VECS; k++) {
         const int l0 = lo - k * VW < 0 ? 0 : lo - k * VW, l1 = hi - k * VW > VW ? VW : hi - k * VW;
         if (l0 >= l1) continue;
@@ -125,63 +126,82 @@ NK_VEC_INLINE void RFN(rbr_part_)(const T *xb, const T *gb, const double *gmb, i
         const vd d = vd_sub(RMLD((const T *)((uintptr_t)xb + (uintptr_t)(o * (int64_t)sizeof(T))), m), vc);
         ah[k] = vd_mask_add(ah[k], m, h);
         ahd[k] = vd_mask_fmadd(h, d, ahd[k], m);
+        if (wd) ad[k] = vd_mask_add(ad[k], m, d);
     }
+}
+
+/* The vector path over the runs of a row whose x and dy runs have stride 1. */
+NK_VEC_INLINE void RFN(rbr_vec_)(const nk_cview *v, const T *x, const T *dy, int64_t r,
+                                 int64_t j0, int64_t j1, double c, const double *gamma,
+                                 double *sum_h, double *sum_hd, double *sum_d, int wd) {
+    nk_seg_iter it;
+    int64_t off[NK_CV_MAXT], n, j = j0;
+    const vd vc = vd_set1(c);
+    vd ah[NK_LANE_VECS], ahd[NK_LANE_VECS], ad[NK_LANE_VECS];
+    for (int k = 0; k < NK_LANE_VECS; k++) ah[k] = ahd[k] = ad[k] = vd_zero();
+    for (nk_seg_begin(&it, v, r, j0, j1); (n = nk_seg_next(&it, off)); j += n) {
+        const T *p = x + off[0], *g = dy + off[1];
+        const double *gj = gamma ? gamma + j : NULL;
+        int64_t i = 0;
+        const int ph = (int)((j - j0) % NK_LANES);
+        if (ph) { /* the run starts inside a chunk: its lane 0 lies ph values before */
+            const int hi = n < NK_LANES - ph ? ph + (int)n : NK_LANES;
+            const uintptr_t back = (uintptr_t)ph;
+            RFN(rbr_part_)((const T *)((uintptr_t)p - back * sizeof(T)),
+                           (const T *)((uintptr_t)g - back * sizeof(T)),
+                           gj ? (const double *)((uintptr_t)gj - back * sizeof(double)) : NULL,
+                           ph, hi, vc, ah, ahd, ad, wd);
+            i = hi - ph;
+        }
+        for (; i + NK_LANES <= n; i += NK_LANES)
+            for (int k = 0; k < NK_LANE_VECS; k++) {
+                vd h = RLD(g + i + k * VW);
+                if (gj) h = vd_mul(h, vd_load_f64(gj + i + k * VW));
+                const vd d = vd_sub(RLD(p + i + k * VW), vc);
+                ah[k] = vd_add(ah[k], h);
+                ahd[k] = vd_fmadd(h, d, ahd[k]);
+                if (wd) ad[k] = vd_add(ad[k], d);
+            }
+        if (i < n)
+            RFN(rbr_part_)(p + i, g + i, gj ? gj + i : NULL, 0, (int)(n - i), vc, ah, ahd, ad, wd);
+    }
+    *sum_h = vd_sum16(ah);
+    *sum_hd = vd_sum16(ahd);
+    if (wd) *sum_d = vd_sum16(ad);
 }
 
 static void RFN(row_bwd_reduce_)(const nk_cview *v, const void *xv, const void *dyv, int64_t r,
                                  int64_t j0, int64_t j1, double c, const double *gamma,
-                                 double *sum_h, double *sum_hd) {
+                                 double *sum_h, double *sum_hd, double *sum_d) {
     const T *x = xv, *dy = dyv;
     const int in = v->nd - 1;
     const int64_t sx = v->st[0][in], sd = v->st[1][in];
-    nk_seg_iter it;
-    int64_t off[NK_CV_MAXT], n, j = j0;
     if (sx == 1 && sd == 1) {
-        const vd vc = vd_set1(c);
-        vd ah[NK_LANE_VECS], ahd[NK_LANE_VECS];
-        for (int k = 0; k < NK_LANE_VECS; k++) ah[k] = ahd[k] = vd_zero();
-        for (nk_seg_begin(&it, v, r, j0, j1); (n = nk_seg_next(&it, off)); j += n) {
-            const T *p = x + off[0], *g = dy + off[1];
-            const double *gj = gamma ? gamma + j : NULL;
-            int64_t i = 0;
-            const int ph = (int)((j - j0) % NK_LANES);
-            if (ph) { /* the run starts inside a chunk: its lane 0 lies ph values before */
-                const int hi = n < NK_LANES - ph ? ph + (int)n : NK_LANES;
-                const uintptr_t back = (uintptr_t)ph;
-                RFN(rbr_part_)((const T *)((uintptr_t)p - back * sizeof(T)),
-                               (const T *)((uintptr_t)g - back * sizeof(T)),
-                               gj ? (const double *)((uintptr_t)gj - back * sizeof(double)) : NULL,
-                               ph, hi, vc, ah, ahd);
-                i = hi - ph;
-            }
-            for (; i + NK_LANES <= n; i += NK_LANES)
-                for (int k = 0; k < NK_LANE_VECS; k++) {
-                    vd h = RLD(g + i + k * VW);
-                    if (gj) h = vd_mul(h, vd_load_f64(gj + i + k * VW));
-                    ah[k] = vd_add(ah[k], h);
-                    ahd[k] = vd_fmadd(h, vd_sub(RLD(p + i + k * VW), vc), ahd[k]);
-                }
-            if (i < n)
-                RFN(rbr_part_)(p + i, g + i, gj ? gj + i : NULL, 0, (int)(n - i), vc, ah, ahd);
-        }
-        *sum_h = vd_sum16(ah);
-        *sum_hd = vd_sum16(ahd);
+        if (sum_d)
+            RFN(rbr_vec_)(v, x, dy, r, j0, j1, c, gamma, sum_h, sum_hd, sum_d, 1);
+        else
+            RFN(rbr_vec_)(v, x, dy, r, j0, j1, c, gamma, sum_h, sum_hd, NULL, 0);
         return;
     }
-    double H[NK_LANES] = {0}, HD[NK_LANES] = {0};
+    nk_seg_iter it;
+    int64_t off[NK_CV_MAXT], n, j = j0;
+    double H[NK_LANES] = {0}, HD[NK_LANES] = {0}, D[NK_LANES] = {0};
     for (nk_seg_begin(&it, v, r, j0, j1); (n = nk_seg_next(&it, off)); j += n) {
         const T *p = x + off[0], *g = dy + off[1];
         const double *gj = gamma ? gamma + j : NULL;
         for (int64_t i = 0; i < n; i++) {
             double h = (double)g[i * sd];
             if (gj) h *= gj[i];
+            const double d = (double)p[i * sx] - c;
             const int l = (int)((j - j0 + i) % NK_LANES);
             H[l] += h;
-            HD[l] = fma(h, (double)p[i * sx] - c, HD[l]);
+            HD[l] = fma(h, d, HD[l]);
+            D[l] += d;
         }
     }
     *sum_h = nk_sum16(H);
     *sum_hd = nk_sum16(HD);
+    if (sum_d) *sum_d = nk_sum16(D);
 }
 
 /* One dx value and the column sums, d = x - c, h = dy * gamma (dy without gamma):
