@@ -22,6 +22,15 @@
 #define RST NK_RCAT(vd_store_, SFX)
 #define RMLD NK_RCAT(vd_maskload_, SFX)
 #define RSST NK_RCAT(vd_stream_, SFX)
+/* the lane-vector loops fully unrolled, so their accumulators stay in registers */
+#define RUNROLL _Pragma("GCC unroll 8")
+
+/* Brings the line of p into L1 (a hint: no fault, no effect on results). The element-wise
+ * passes read their run from L1 (the row sums pass has just loaded it) and write with
+ * streaming stores, so memory would idle on the read side; they prefetch the same position
+ * one run further, which is the next row when rows are contiguous (the common case), so its
+ * loads overlap this row's stores. */
+#define RPREFETCH(p) __builtin_prefetch((const void *)(p), 0, 3)
 
 /* Streaming stores for the outputs of view v (kernels.h, NK_STREAM_MIN_BYTES): R rows of K. */
 NK_VEC_INLINE int RFN(rstreams_)(const nk_cview *v) {
@@ -56,6 +65,7 @@ NK_VEC_INLINE void RFN(rnorm_run_)(const T *p, T *q, int64_t n, double c, double
         for (const int64_t h = RFN(rhead_)(q, n); i < h; i++)
             q[i] = (T)RN_ONE((double)p[i], c, a, gj ? gj + i : NULL, bj ? bj + i : NULL, cent);
     for (; i + VW <= n; i += VW) {
+        RPREFETCH(p + n + i);
         vd d = RLD(p + i);
         if (cent) d = vd_sub(d, vc);
         const vd t = gj ? vd_mul(va, vd_load_f64(gj + i)) : va;
@@ -113,10 +123,10 @@ static void RFN(row_normalize_)(const nk_cview *v, const void *xv, void *yv, int
  *     sum_h = nk_sum16(H), sum_hd = nk_sum16(HD), sum_d = nk_sum16(D)
  * Runs of stride 1 feed the lanes with vectors (masked where a run does not start or end on a
  * multiple of 16); other strides take the scalar loop: the same lane sums either way. wd
- * (sum_d wanted) is a constant at each call site. */
+ * (sum_d wanted) and wg (gamma given) are constants at each call site. */
 NK_VEC_INLINE void RFN(rbr_part_)(const T *xb, const T *gb, const double *gmb, int lo, int hi,
                                   vd vc, vd *ah, vd *ahd, vd *ad, int wd) {
-    for (int k = 0; k < NK_LANE_VECS; k++) {
+    RUNROLL for (int k = 0; k < NK_LANE_VECS; k++) {
         const int l0 = lo - k * VW < 0 ? 0 : lo - k * VW, l1 = hi - k * VW > VW ? VW : hi - k * VW;
         if (l0 >= l1) continue;
         const vmask m = vm_range(l0, l1);
@@ -133,12 +143,12 @@ NK_VEC_INLINE void RFN(rbr_part_)(const T *xb, const T *gb, const double *gmb, i
 /* The vector path over the runs of a row whose x and dy runs have stride 1. */
 NK_VEC_INLINE void RFN(rbr_vec_)(const nk_cview *v, const T *x, const T *dy, int64_t r,
                                  int64_t j0, int64_t j1, double c, const double *gamma,
-                                 double *sum_h, double *sum_hd, double *sum_d, int wd) {
+                                 double *sum_h, double *sum_hd, double *sum_d, int wd, int wg) {
     nk_seg_iter it;
     int64_t off[NK_CV_MAXT], n, j = j0;
     const vd vc = vd_set1(c);
     vd ah[NK_LANE_VECS], ahd[NK_LANE_VECS], ad[NK_LANE_VECS];
-    for (int k = 0; k < NK_LANE_VECS; k++) ah[k] = ahd[k] = ad[k] = vd_zero();
+    RUNROLL for (int k = 0; k < NK_LANE_VECS; k++) ah[k] = ahd[k] = ad[k] = vd_zero();
     for (nk_seg_begin(&it, v, r, j0, j1); (n = nk_seg_next(&it, off)); j += n) {
         const T *p = x + off[0], *g = dy + off[1];
         const double *gj = gamma ? gamma + j : NULL;
@@ -154,9 +164,9 @@ NK_VEC_INLINE void RFN(rbr_vec_)(const nk_cview *v, const T *x, const T *dy, int
             i = hi - ph;
         }
         for (; i + NK_LANES <= n; i += NK_LANES)
-            for (int k = 0; k < NK_LANE_VECS; k++) {
+            RUNROLL for (int k = 0; k < NK_LANE_VECS; k++) {
                 vd h = RLD(g + i + k * VW);
-                if (gj) h = vd_mul(h, vd_load_f64(gj + i + k * VW));
+                if (wg) h = vd_mul(h, vd_load_f64(gj + i + k * VW));
                 const vd d = vd_sub(RLD(p + i + k * VW), vc);
                 ah[k] = vd_add(ah[k], h);
                 ahd[k] = vd_fmadd(h, d, ahd[k]);
@@ -177,10 +187,14 @@ static void RFN(row_bwd_reduce_)(const nk_cview *v, const void *xv, const void *
     const int in = v->nd - 1;
     const int64_t sx = v->st[0][in], sd = v->st[1][in];
     if (sx == 1 && sd == 1) {
-        if (sum_d)
-            RFN(rbr_vec_)(v, x, dy, r, j0, j1, c, gamma, sum_h, sum_hd, sum_d, 1);
+        if (sum_d && gamma)
+            RFN(rbr_vec_)(v, x, dy, r, j0, j1, c, gamma, sum_h, sum_hd, sum_d, 1, 1);
+        else if (sum_d)
+            RFN(rbr_vec_)(v, x, dy, r, j0, j1, c, NULL, sum_h, sum_hd, sum_d, 1, 0);
+        else if (gamma)
+            RFN(rbr_vec_)(v, x, dy, r, j0, j1, c, gamma, sum_h, sum_hd, NULL, 0, 1);
         else
-            RFN(rbr_vec_)(v, x, dy, r, j0, j1, c, gamma, sum_h, sum_hd, NULL, 0);
+            RFN(rbr_vec_)(v, x, dy, r, j0, j1, c, NULL, sum_h, sum_hd, NULL, 0, 0);
         return;
     }
     nk_seg_iter it;
@@ -230,6 +244,8 @@ NK_VEC_INLINE void RFN(rbwd_run_)(const T *p, const T *g, T *o, int64_t n, doubl
     if (stream)
         for (const int64_t h = RFN(rhead_)(o, n); i < h; i++) RB_ONE(i);
     for (; i + VW <= n; i += VW) {
+        RPREFETCH(p + n + i);
+        RPREFETCH(g + n + i);
         const vd gv = RLD(g + i), d = vd_sub(RLD(p + i), vc);
         if (qg) vd_store_f64(qg + i, vd_fmadd(gv, vd_mul(d, va), vd_load_f64(qg + i)));
         if (qb) vd_store_f64(qb + i, vd_add(vd_load_f64(qb + i), gv));
@@ -294,6 +310,8 @@ const nk_row_kernels RTABLE = {RFN(row_normalize_), RFN(row_bwd_reduce_), RFN(ro
 
 #undef RMLD
 #undef RSST
+#undef RUNROLL
+#undef RPREFETCH
 #undef RN_ONE
 #undef RST
 #undef RLD
