@@ -6,8 +6,9 @@
  * Per-element arithmetic is done in double. Kernels never allocate, print or exit.
  *
  * Optimized kernels (kernels/simd/row_simd_impl.h) do not give the reference's bits: they use
- * fused multiply-adds where the reference rounds twice (normalize, bwd_apply) and 16
- * position-indexed lanes for the row sums of bwd_reduce (kernels/simd/lanes16.h). Their
+ * fused multiply-adds where the reference rounds twice (normalize, bwd_apply), 16
+ * position-indexed lanes for the row sums of moments and bwd_reduce (kernels/simd/lanes16.h)
+ * and one pass of shifted sums for moments. Their
  * double results differ from the reference's by a few ulp of double, and float32 outputs by
  * at most one ulp (a double result near a tie between two floats); the tests compare them
  * with TOL_F32_RESULT / TOL_F64_RESULT (tests/unit/nk_test.h). Optimized results are bitwise
@@ -19,6 +20,11 @@
 #include "kernels/kernels.h" /* nk_isa */
 
 typedef struct nk_row_kernels {
+    /* mean[i], m2[i] (sum of squared deviations) of the positions [j0, j1) of row r0 + i, for
+     * the rows [r0, r1); never E[x^2] - E[x]^2 on raw data (kernels.h, numerics: the
+     * reference takes two passes, optimized kernels shifted sums) */
+    void (*moments)(const nk_cview *v, const void *x, int64_t r0, int64_t r1, int64_t j0,
+                    int64_t j1, double *mean, double *m2);
     /* y = (x - c) * a * gamma[j] + beta[j]; gamma NULL means 1, beta NULL means 0 */
     void (*normalize)(const nk_cview *v, const void *x, void *y, int64_t r, int64_t j0,
                       int64_t j1, double c, double a, const double *gamma, const double *beta);

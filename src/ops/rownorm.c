@@ -29,6 +29,9 @@
 #define RN_ROW_BLOCKS_MAX 64
 /* ...of at least this many rows (partials stay below 1/8 of a float32 input). */
 #define RN_ROW_BLOCK_MIN 32
+/* Forward, whole rows: statistics for this many rows at a time, then their normalization
+ * (the optimized moments kernel interleaves pairs of rows; the rows are still in L1). */
+#define RN_FWD_GROUP 2
 /* Per-row backward coefficients when rows span several blocks: c, a, ka, kx, k0. */
 #define RN_COEFS 5
 
@@ -319,13 +322,17 @@ nk_status nk_rn_forward(nk_ctx *ctx, const nk_rn_spec *s, const nk_tensor *x,
         for (int64_t t = 0; t < p.row_tasks; t++) {
             const int64_t r0 = t * p.rows_per_task;
             const int64_t r1 = r0 + p.rows_per_task < R ? r0 + p.rows_per_task : R;
-            for (int64_t r = r0; r < r1; r++) {
-                double mean, m2, c, a, s0, s1;
-                mk->moments(&v, xd, r, 0, K, &mean, &m2);
-                row_stats(s, mean, m2, K, &c, &a, &s0, &s1);
-                rk->normalize(&v, xd, yd, r, 0, K, c, a, g, b);
-                nk_rows_store(stat0, r, 1, &s0);
-                nk_rows_store(stat1, r, 1, &s1);
+            for (int64_t rg = r0; rg < r1; rg += RN_FWD_GROUP) {
+                const int64_t re = rg + RN_FWD_GROUP < r1 ? rg + RN_FWD_GROUP : r1;
+                double mean[RN_FWD_GROUP], m2[RN_FWD_GROUP], s0[RN_FWD_GROUP], s1[RN_FWD_GROUP];
+                rk->moments(&v, xd, rg, re, 0, K, mean, m2);
+                for (int64_t r = rg; r < re; r++) {
+                    double c, a;
+                    row_stats(s, mean[r - rg], m2[r - rg], K, &c, &a, &s0[r - rg], &s1[r - rg]);
+                    rk->normalize(&v, xd, yd, r, 0, K, c, a, g, b);
+                }
+                nk_rows_store(stat0, rg, re - rg, s0);
+                nk_rows_store(stat1, rg, re - rg, s1);
             }
             rk->flush();
         }

@@ -5,6 +5,29 @@
 #define NK_RCAT(a, b) NK_RCAT2(a, b)
 #define RFN(name) NK_RCAT(name, SFX)
 
+/* x: slot 0; rows [r0, r1), positions [j0, j1): two passes per row, as the batch-norm
+ * reference (mean, then sum (x - mean)^2) */
+static void RFN(row_moments_)(const nk_cview *v, const void *xv, int64_t r0, int64_t r1,
+                              int64_t j0, int64_t j1, double *mean, double *m2) {
+    const T *x = xv;
+    const int64_t sx = v->st[0][v->nd - 1];
+    nk_seg_iter it;
+    int64_t off[NK_CV_MAXT], n;
+    for (int64_t r = r0; r < r1; r++) {
+        double sum = 0.0, ss = 0.0;
+        for (nk_seg_begin(&it, v, r, j0, j1); (n = nk_seg_next(&it, off));)
+            for (int64_t i = 0; i < n; i++) sum += (double)x[off[0] + i * sx];
+        const double mu = sum / (double)(j1 - j0);
+        for (nk_seg_begin(&it, v, r, j0, j1); (n = nk_seg_next(&it, off));)
+            for (int64_t i = 0; i < n; i++) {
+                const double d = (double)x[off[0] + i * sx] - mu;
+                ss += d * d;
+            }
+        mean[r - r0] = mu;
+        m2[r - r0] = ss;
+    }
+}
+
 /* x: slot 0, y: slot 1; row r, positions [j0, j1) */
 static void RFN(row_normalize_)(const nk_cview *v, const void *xv, void *yv, int64_t r,
                                 int64_t j0, int64_t j1, double c, double a,
@@ -86,8 +109,9 @@ static void RFN(row_bwd_apply_)(const nk_cview *v, const void *xv, const void *d
 /* no streaming stores: nothing to order */
 static void RFN(row_flush_)(void) {}
 
-const nk_row_kernels RFN(nk_row_ref_) = {RFN(row_normalize_), RFN(row_bwd_reduce_),
-                                         RFN(row_bwd_apply_), RFN(row_flush_)};
+const nk_row_kernels RFN(nk_row_ref_) = {RFN(row_moments_), RFN(row_normalize_),
+                                         RFN(row_bwd_reduce_), RFN(row_bwd_apply_),
+                                         RFN(row_flush_)};
 
 #undef RFN
 #undef NK_RCAT
