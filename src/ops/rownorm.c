@@ -325,12 +325,13 @@ nk_status nk_rn_forward(nk_ctx *ctx, const nk_rn_spec *s, const nk_tensor *x,
             for (int64_t rg = r0; rg < r1; rg += RN_FWD_GROUP) {
                 const int64_t re = rg + RN_FWD_GROUP < r1 ? rg + RN_FWD_GROUP : r1;
                 double mean[RN_FWD_GROUP], m2[RN_FWD_GROUP], s0[RN_FWD_GROUP], s1[RN_FWD_GROUP];
+                double c[RN_FWD_GROUP], a[RN_FWD_GROUP];
                 rk->moments(&v, xd, rg, re, 0, K, mean, m2);
-                for (int64_t r = rg; r < re; r++) {
-                    double c, a;
-                    row_stats(s, mean[r - rg], m2[r - rg], K, &c, &a, &s0[r - rg], &s1[r - rg]);
-                    rk->normalize(&v, xd, yd, r, 0, K, c, a, g, b);
-                }
+                /* all the group's divisions and square roots first: their latencies overlap */
+                for (int64_t i = 0; i < re - rg; i++)
+                    row_stats(s, mean[i], m2[i], K, &c[i], &a[i], &s0[i], &s1[i]);
+                for (int64_t r = rg; r < re; r++)
+                    rk->normalize(&v, xd, yd, r, 0, K, c[r - rg], a[r - rg], g, b);
                 nk_rows_store(stat0, rg, re - rg, s0);
                 nk_rows_store(stat1, rg, re - rg, s1);
             }

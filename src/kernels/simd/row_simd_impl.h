@@ -35,6 +35,8 @@
  * one run ahead, 2.0 ms two runs ahead; backward 6.5 ms without prefetch, 3.8 ms one run
  * ahead, 3.3 ms two (three: no better). */
 #define RPREFETCH(p) __builtin_prefetch((const void *)(p), 0, 3)
+/* elements per 64-byte cache line (a multiple of VW for both element types and ISAs) */
+#define RLINE ((int64_t)(64 / sizeof(T)))
 
 /* nk_seg_begin for row r, positions [j0, j1). The common view (one kept axis, one normalized
  * axis: plain rows of a matrix) is set up without nk_seg_begin's divisions, a visible share of
@@ -201,17 +203,23 @@ NK_VEC_INLINE void RFN(rnorm_run_)(const T *p, T *q, int64_t n, double c, double
     if (stream)
         for (const int64_t h = RFN(rhead_)(q, n); i < h; i++)
             q[i] = (T)RN_ONE((double)p[i], c, a, gj ? gj + i : NULL, bj ? bj + i : NULL, cent);
-    for (; i + VW <= n; i += VW) {
+#define RN_VEC(i)                                                                                \
+    do {                                                                                         \
+        vd d_ = RLD(p + (i));                                                                    \
+        if (cent) d_ = vd_sub(d_, vc);                                                           \
+        const vd t_ = gj ? vd_mul(va, vd_load_f64(gj + (i))) : va;                               \
+        const vd r_ = bj ? vd_fmadd(d_, t_, vd_load_f64(bj + (i))) : vd_mul(d_, t_);             \
+        if (stream)                                                                              \
+            RSST(q + (i), r_);                                                                   \
+        else                                                                                     \
+            RST(q + (i), r_);                                                                    \
+    } while (0)
+    for (; i + RLINE <= n; i += RLINE) { /* one prefetch per cache line */
         RPREFETCH(p + 2 * n + i);
-        vd d = RLD(p + i);
-        if (cent) d = vd_sub(d, vc);
-        const vd t = gj ? vd_mul(va, vd_load_f64(gj + i)) : va;
-        const vd r = bj ? vd_fmadd(d, t, vd_load_f64(bj + i)) : vd_mul(d, t);
-        if (stream)
-            RSST(q + i, r);
-        else
-            RST(q + i, r);
+        RUNROLL for (int k = 0; k < RLINE / VW; k++) RN_VEC(i + k * VW);
     }
+    for (; i + VW <= n; i += VW) RN_VEC(i);
+#undef RN_VEC
     for (; i < n; i++)
         q[i] = (T)RN_ONE((double)p[i], c, a, gj ? gj + i : NULL, bj ? bj + i : NULL, cent);
 }
@@ -380,21 +388,27 @@ NK_VEC_INLINE void RFN(rbwd_run_)(const T *p, const T *g, T *o, int64_t n, doubl
     } while (0)
     if (stream)
         for (const int64_t h = RFN(rhead_)(o, n); i < h; i++) RB_ONE(i);
-    for (; i + VW <= n; i += VW) {
+#define RB_VEC(i)                                                                                \
+    do {                                                                                         \
+        const vd gv_ = RLD(g + (i)), d_ = vd_sub(RLD(p + (i)), vc);                              \
+        if (qg) vd_store_f64(qg + (i), vd_fmadd(gv_, vd_mul(d_, va), vd_load_f64(qg + (i))));    \
+        if (qb) vd_store_f64(qb + (i), vd_add(vd_load_f64(qb + (i)), gv_));                      \
+        if (o) {                                                                                 \
+            const vd h_ = gj ? vd_mul(gv_, vd_load_f64(gj + (i))) : gv_;                         \
+            const vd r_ = vd_add(vd_mul(vka, h_), vd_fmadd(vkx, d_, vk0));                       \
+            if (stream)                                                                          \
+                RSST(o + (i), r_);                                                               \
+            else                                                                                 \
+                RST(o + (i), r_);                                                                \
+        }                                                                                        \
+    } while (0)
+    for (; i + RLINE <= n; i += RLINE) { /* one prefetch per cache line and stream */
         RPREFETCH(p + 2 * n + i);
         RPREFETCH(g + 2 * n + i);
-        const vd gv = RLD(g + i), d = vd_sub(RLD(p + i), vc);
-        if (qg) vd_store_f64(qg + i, vd_fmadd(gv, vd_mul(d, va), vd_load_f64(qg + i)));
-        if (qb) vd_store_f64(qb + i, vd_add(vd_load_f64(qb + i), gv));
-        if (o) {
-            const vd h = gj ? vd_mul(gv, vd_load_f64(gj + i)) : gv;
-            const vd r = vd_add(vd_mul(vka, h), vd_fmadd(vkx, d, vk0));
-            if (stream)
-                RSST(o + i, r);
-            else
-                RST(o + i, r);
-        }
+        RUNROLL for (int k = 0; k < RLINE / VW; k++) RB_VEC(i + k * VW);
     }
+    for (; i + VW <= n; i += VW) RB_VEC(i);
+#undef RB_VEC
     for (; i < n; i++) RB_ONE(i);
 #undef RB_ONE
 }
@@ -449,6 +463,7 @@ const nk_row_kernels RTABLE = {RFN(row_moments_), RFN(row_normalize_), RFN(row_b
 #undef RSST
 #undef RUNROLL
 #undef RPREFETCH
+#undef RLINE
 #undef RN_ONE
 #undef RST
 #undef RLD
