@@ -28,18 +28,20 @@ typedef struct nk_row_kernels {
     /* y = (x - c) * a * gamma[j] + beta[j]; gamma NULL means 1, beta NULL means 0 */
     void (*normalize)(const nk_cview *v, const void *x, void *y, int64_t r, int64_t j0,
                       int64_t j1, double c, double a, const double *gamma, const double *beta);
-    /* h = dy * gamma[j]:  *sum_h = sum h,  *sum_hd = sum h * (x - c),  and when sum_d is not
-     * NULL *sum_d = sum (x - c) (corrects a center c that was rounded when it was saved) */
-    void (*bwd_reduce)(const nk_cview *v, const void *x, const void *dy, int64_t r, int64_t j0,
-                       int64_t j1, double c, const double *gamma, double *sum_h,
-                       double *sum_hd, double *sum_d);
-    /* The backward's element-wise pass, one read of x and dy for both outputs, dy read before
-     * dx is written (dx may be dy):
-     *   dx = ka * h + kx * (x - c) + k0,  h = dy * gamma[j]    (dx NULL: skipped)
-     *   pg[j] += dy * (x - c) * a,  pb[j] += dy                  (either may be NULL) */
-    void (*bwd_apply)(const nk_cview *v, const void *x, const void *dy, void *dx, int64_t r,
-                      int64_t j0, int64_t j1, double c, const double *gamma, double ka,
-                      double kx, double k0, double a, double *pg, double *pb);
+    /* Rows [r0, r1); for row r0 + i, h = dy * gamma[j], d = x - c[i]:  sum_h[i] = sum h,
+     * sum_hd[i] = sum h d, and when sum_d is not NULL sum_d[i] = sum d (corrects a center c
+     * that was rounded when it was saved) */
+    void (*bwd_reduce)(const nk_cview *v, const void *x, const void *dy, int64_t r0, int64_t r1,
+                       int64_t j0, int64_t j1, const double *c, const double *gamma,
+                       double *sum_h, double *sum_hd, double *sum_d);
+    /* The backward's element-wise pass over the rows [r0, r1) in row order, one read of x and
+     * dy for both outputs, dy read before dx is written (dx may be dy); row r0 + i:
+     *   dx = ka[i] * h + kx[i] * (x - c[i]) + k0[i],  h = dy * gamma[j]   (dx NULL: skipped)
+     *   pg[j] += dy * (x - c[i]) * a[i],  pb[j] += dy                     (either may be NULL) */
+    void (*bwd_apply)(const nk_cview *v, const void *x, const void *dy, void *dx, int64_t r0,
+                      int64_t r1, int64_t j0, int64_t j1, const double *c, const double *gamma,
+                      const double *ka, const double *kx, const double *k0, const double *a,
+                      double *pg, double *pb);
     /* Outputs of views of at least NK_STREAM_MIN_BYTES (kernels.h) may be written with
      * streaming stores by normalize and bwd_apply; flush orders them (an SFENCE, nothing in
      * the reference) and is called by each task after its last kernel call, before the

@@ -32,6 +32,9 @@
 /* Forward, whole rows: statistics for this many rows at a time, then their normalization
  * (the optimized moments kernel interleaves pairs of rows; the rows are still in L1). */
 #define RN_FWD_GROUP 2
+/* Backward, whole rows: rows per kernel call (the optimized kernels take pairs of rows at
+ * once: overlapping dependency chains, one load and store of the column partials per pair). */
+#define RN_BWD_GROUP 2
 /* Per-row backward coefficients when rows span several blocks: c, a, ka, kx, k0. */
 #define RN_COEFS 5
 
@@ -425,21 +428,27 @@ static void bwd_whole_rows(const nk_ctx *ctx, const rn_bwd *b) {
         double *pg, *pb;
         block_partials(p, b->l, b->ws, rb, 0, K, b->want_g, b->want_b, &pg, &pb);
         const int64_t r0 = rb * p->rb_rows, r1 = r0 + p->rb_rows < R ? r0 + p->rb_rows : R;
-        for (int64_t r = r0; r < r1; r++) {
-            double c, a, sd, ka = 0.0, kx = 0.0, k0 = 0.0;
-            row_saved(b->s, b->stat0, b->stat1, NULL, r, &c, &a, &sd);
+        for (int64_t rg = r0; rg < r1; rg += RN_BWD_GROUP) {
+            const int64_t m = rg + RN_BWD_GROUP < r1 ? RN_BWD_GROUP : r1 - rg;
+            double c[RN_BWD_GROUP], a[RN_BWD_GROUP], sd[RN_BWD_GROUP];
+            double ka[RN_BWD_GROUP] = {0}, kx[RN_BWD_GROUP] = {0}, k0[RN_BWD_GROUP] = {0};
+            for (int64_t i = 0; i < m; i++)
+                row_saved(b->s, b->stat0, b->stat1, NULL, rg + i, &c[i], &a[i], &sd[i]);
             if (b->dx || b->recenter) {
-                double sh, shd, sdx;
-                b->rk->bwd_reduce(b->v, b->x, b->dy, r, 0, K, c, b->g, &sh, &shd,
-                                  b->recenter ? &sdx : NULL);
-                if (b->recenter) {
-                    const double c1 = c + sdx / (double)K;
-                    shd -= (c1 - c) * sh;
-                    c = c1;
+                double sh[RN_BWD_GROUP], shd[RN_BWD_GROUP], sdx[RN_BWD_GROUP];
+                b->rk->bwd_reduce(b->v, b->x, b->dy, rg, rg + m, 0, K, c, b->g, sh, shd,
+                                  b->recenter ? sdx : NULL);
+                for (int64_t i = 0; i < m; i++) {
+                    if (b->recenter) {
+                        const double c1 = c[i] + sdx[i] / (double)K;
+                        shd[i] -= (c1 - c[i]) * sh[i];
+                        c[i] = c1;
+                    }
+                    if (b->dx) row_coeffs(b->s, K, a[i], sd[i], sh[i], shd[i], &ka[i], &kx[i], &k0[i]);
                 }
-                if (b->dx) row_coeffs(b->s, K, a, sd, sh, shd, &ka, &kx, &k0);
             }
-            b->rk->bwd_apply(b->v, b->x, b->dy, b->dx, r, 0, K, c, b->g, ka, kx, k0, a, pg, pb);
+            b->rk->bwd_apply(b->v, b->x, b->dy, b->dx, rg, rg + m, 0, K, c, b->g, ka, kx, k0, a,
+                             pg, pb);
         }
         b->rk->flush();
     }
@@ -460,7 +469,7 @@ static void bwd_blocked_rows(const nk_ctx *ctx, const rn_bwd *b, const double *c
             const int64_t j1 = j0 + NK_BLOCK_ELEMS < K ? j0 + NK_BLOCK_ELEMS : K;
             double c, a, sd;
             row_saved(b->s, b->stat0, b->stat1, centers, r, &c, &a, &sd);
-            b->rk->bwd_reduce(b->v, b->x, b->dy, r, j0, j1, c, b->g, &part[2 * t],
+            b->rk->bwd_reduce(b->v, b->x, b->dy, r, r + 1, j0, j1, &c, b->g, &part[2 * t],
                               &part[2 * t + 1], NULL);
         }
     }
@@ -485,8 +494,8 @@ static void bwd_blocked_rows(const nk_ctx *ctx, const rn_bwd *b, const double *c
         const int64_t r0 = rb * p->rb_rows, r1 = r0 + p->rb_rows < R ? r0 + p->rb_rows : R;
         for (int64_t r = r0; r < r1; r++) {
             const double *k = coef + RN_COEFS * r;
-            b->rk->bwd_apply(b->v, b->x, b->dy, b->dx, r, j0, j1, k[0], b->g, k[2], k[3], k[4],
-                             k[1], pg, pb);
+            b->rk->bwd_apply(b->v, b->x, b->dy, b->dx, r, r + 1, j0, j1, &k[0], b->g, &k[2],
+                             &k[3], &k[4], &k[1], pg, pb);
         }
         b->rk->flush();
     }

@@ -54,10 +54,10 @@ static void RFN(row_normalize_)(const nk_cview *v, const void *xv, void *yv, int
     }
 }
 
-/* x: slot 0, dy: slot 1 */
-static void RFN(row_bwd_reduce_)(const nk_cview *v, const void *xv, const void *dyv, int64_t r,
-                                 int64_t j0, int64_t j1, double c, const double *gamma,
-                                 double *sum_h, double *sum_hd, double *sum_d) {
+/* x: slot 0, dy: slot 1; one row */
+static void RFN(row_bwd_reduce1_)(const nk_cview *v, const void *xv, const void *dyv, int64_t r,
+                                  int64_t j0, int64_t j1, double c, const double *gamma,
+                                  double *sum_h, double *sum_hd, double *sum_d) {
     const T *x = xv, *dy = dyv;
     const int in = v->nd - 1;
     const int64_t sx = v->st[0][in], sd = v->st[1][in];
@@ -80,12 +80,23 @@ static void RFN(row_bwd_reduce_)(const nk_cview *v, const void *xv, const void *
     if (sum_d) *sum_d = sdd;
 }
 
+static void RFN(row_bwd_reduce_)(const nk_cview *v, const void *xv, const void *dyv, int64_t r0,
+                                 int64_t r1, int64_t j0, int64_t j1, const double *c,
+                                 const double *gamma, double *sum_h, double *sum_hd,
+                                 double *sum_d) {
+    for (int64_t r = r0; r < r1; r++) {
+        const int64_t i = r - r0;
+        RFN(row_bwd_reduce1_)(v, xv, dyv, r, j0, j1, c[i], gamma, &sum_h[i], &sum_hd[i],
+                              sum_d ? &sum_d[i] : NULL);
+    }
+}
+
 /* x: slot 0, dy: slot 1, dx: slot 2 (dx may be dy: each element is read before written;
- * dx NULL: only the column sums) */
-static void RFN(row_bwd_apply_)(const nk_cview *v, const void *xv, const void *dyv, void *dxv,
-                                int64_t r, int64_t j0, int64_t j1, double c,
-                                const double *gamma, double ka, double kx, double k0, double a,
-                                double *pg, double *pb) {
+ * dx NULL: only the column sums); one row */
+static void RFN(row_bwd_apply1_)(const nk_cview *v, const void *xv, const void *dyv, void *dxv,
+                                 int64_t r, int64_t j0, int64_t j1, double c,
+                                 const double *gamma, double ka, double kx, double k0, double a,
+                                 double *pg, double *pb) {
     const T *x = xv, *dy = dyv;
     T *dx = dxv;
     const int in = v->nd - 1;
@@ -103,6 +114,17 @@ static void RFN(row_bwd_apply_)(const nk_cview *v, const void *xv, const void *d
                 dx[off[2] + i * so] = (T)(ka * h + kx * ((double)p[i * sx] - c) + k0);
             }
         }
+    }
+}
+
+static void RFN(row_bwd_apply_)(const nk_cview *v, const void *xv, const void *dyv, void *dxv,
+                                int64_t r0, int64_t r1, int64_t j0, int64_t j1, const double *c,
+                                const double *gamma, const double *ka, const double *kx,
+                                const double *k0, const double *a, double *pg, double *pb) {
+    for (int64_t r = r0; r < r1; r++) {
+        const int64_t i = r - r0;
+        RFN(row_bwd_apply1_)(v, xv, dyv, dxv, r, j0, j1, c[i], gamma, ka[i], kx[i], k0[i], a[i],
+                             pg, pb);
     }
 }
 

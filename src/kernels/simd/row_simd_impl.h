@@ -128,6 +128,7 @@ NK_VEC_INLINE void RFN(rmom_row_)(const nk_cview *v, const T *x, int64_t r, int6
     RFN(rmom_finish_)(s, vd_sum16(a1), vd_sum16(a2), j1 - j0, mean, m2);
 }
 
+#if NK_LANE_VECS <= 2
 /* Two rows of one contiguous run each, interleaved: each row's lanes take its values in the
  * same order as rmom_row_ (the same bits), but the two rows' dependency chains overlap (the
  * FMA latency bounds one row: AVX-512 keeps 2 chains per sum). */
@@ -149,17 +150,20 @@ NK_VEC_INLINE void RFN(rmom_pair_)(const T *pa, const T *pb, int64_t n, double *
     RFN(rmom_finish_)(sa, vd_sum16(a1), vd_sum16(a2), n, &mean[0], &m2[0]);
     RFN(rmom_finish_)(sb, vd_sum16(b1), vd_sum16(b2), n, &mean[1], &m2[1]);
 }
+#endif
 
 static void RFN(row_moments_)(const nk_cview *v, const void *xv, int64_t r0, int64_t r1,
                               int64_t j0, int64_t j1, double *mean, double *m2) {
     const T *x = xv;
     const int64_t sx = v->st[0][v->nd - 1];
     int64_t r = r0;
+#if NK_LANE_VECS <= 2 /* AVX2 has 4 chains per sum already; a pair would fill its 16 registers */
     if (v->nk == 1 && v->nd == 1 && sx == 1) /* plain rows: pairs */
         for (const int64_t ld = v->kst[0][0]; r + 2 <= r1; r += 2) {
             const T *pa = x + r * ld + j0;
             RFN(rmom_pair_)(pa, pa + ld, j1 - j0, mean + (r - r0), m2 + (r - r0));
         }
+#endif
     for (; r < r1; r++) {
         if (sx == 1) {
             RFN(rmom_row_)(v, x, r, j0, j1, mean + (r - r0), m2 + (r - r0));
@@ -325,9 +329,9 @@ NK_VEC_INLINE void RFN(rbr_vec_)(const nk_cview *v, const T *x, const T *dy, int
     if (wd) *sum_d = vd_sum16(ad);
 }
 
-static void RFN(row_bwd_reduce_)(const nk_cview *v, const void *xv, const void *dyv, int64_t r,
-                                 int64_t j0, int64_t j1, double c, const double *gamma,
-                                 double *sum_h, double *sum_hd, double *sum_d) {
+static void RFN(rbr_one_)(const nk_cview *v, const void *xv, const void *dyv, int64_t r,
+                          int64_t j0, int64_t j1, double c, const double *gamma, double *sum_h,
+                          double *sum_hd, double *sum_d) {
     const T *x = xv, *dy = dyv;
     const int in = v->nd - 1;
     const int64_t sx = v->st[0][in], sd = v->st[1][in];
@@ -361,6 +365,91 @@ static void RFN(row_bwd_reduce_)(const nk_cview *v, const void *xv, const void *
     *sum_h = nk_sum16(H);
     *sum_hd = nk_sum16(HD);
     if (sum_d) *sum_d = nk_sum16(D);
+}
+
+#if NK_LANE_VECS <= 2
+/* Two plain rows of n values each (one run of stride 1 from position j0), interleaved: each
+ * row's lanes take its values in the order of rbr_vec_ (the same bits), but the two rows'
+ * dependency chains overlap. Only where the 2 x 3 sums fit in registers (AVX-512: 12 of 32;
+ * AVX2 would need 24 of 16 and goes row by row, with 4 chains per sum already). */
+NK_VEC_INLINE void RFN(rbr_pair_)(const T *pa, const T *ga, const T *pb, const T *gb, int64_t n,
+                                  const double *gj, const double *c, double *sum_h,
+                                  double *sum_hd, double *sum_d, int wd, int wg) {
+    const vd vca = vd_set1(c[0]), vcb = vd_set1(c[1]);
+    vd ah[NK_LANE_VECS], ahd[NK_LANE_VECS], ad[NK_LANE_VECS];
+    vd bh[NK_LANE_VECS], bhd[NK_LANE_VECS], bd[NK_LANE_VECS];
+    RUNROLL for (int k = 0; k < NK_LANE_VECS; k++)
+        ah[k] = ahd[k] = ad[k] = bh[k] = bhd[k] = bd[k] = vd_zero();
+    int64_t i = 0;
+    for (; i + NK_LANES <= n; i += NK_LANES)
+        RUNROLL for (int k = 0; k < NK_LANE_VECS; k++) {
+            const int64_t o = i + k * VW;
+            vd h = RLD(ga + o), e = RLD(gb + o);
+            if (wg) {
+                const vd G = vd_load_f64(gj + o);
+                h = vd_mul(h, G);
+                e = vd_mul(e, G);
+            }
+            const vd d = vd_sub(RLD(pa + o), vca), f = vd_sub(RLD(pb + o), vcb);
+            ah[k] = vd_add(ah[k], h);
+            ahd[k] = vd_fmadd(h, d, ahd[k]);
+            bh[k] = vd_add(bh[k], e);
+            bhd[k] = vd_fmadd(e, f, bhd[k]);
+            if (wd) {
+                ad[k] = vd_add(ad[k], d);
+                bd[k] = vd_add(bd[k], f);
+            }
+        }
+    if (i < n) {
+        RFN(rbr_part_)(pa + i, ga + i, wg ? gj + i : NULL, 0, (int)(n - i), vca, ah, ahd, ad, wd);
+        RFN(rbr_part_)(pb + i, gb + i, wg ? gj + i : NULL, 0, (int)(n - i), vcb, bh, bhd, bd, wd);
+    }
+    sum_h[0] = vd_sum16(ah);
+    sum_hd[0] = vd_sum16(ahd);
+    sum_h[1] = vd_sum16(bh);
+    sum_hd[1] = vd_sum16(bhd);
+    if (wd) {
+        sum_d[0] = vd_sum16(ad);
+        sum_d[1] = vd_sum16(bd);
+    }
+}
+#endif
+
+/* Plain rows (one kept axis, one normalized axis, x and dy of stride 1) go in pairs where
+ * rbr_pair_ exists, every other row alone. */
+static void RFN(row_bwd_reduce_)(const nk_cview *v, const void *xv, const void *dyv, int64_t r0,
+                                 int64_t r1, int64_t j0, int64_t j1, const double *c,
+                                 const double *gamma, double *sum_h, double *sum_hd,
+                                 double *sum_d) {
+    int64_t r = r0;
+#if NK_LANE_VECS <= 2
+    if (v->nk == 1 && v->nd == 1 && v->st[0][0] == 1 && v->st[1][0] == 1) {
+        const T *x = xv, *dy = dyv;
+        const int64_t lx = v->kst[0][0], lg = v->kst[1][0], n = j1 - j0;
+        const double *gj = gamma ? gamma + j0 : NULL;
+        for (; r + 2 <= r1; r += 2) {
+            const int64_t i = r - r0;
+            const T *pa = x + r * lx + j0, *ga = dy + r * lg + j0;
+            if (sum_d && gj)
+                RFN(rbr_pair_)(pa, ga, pa + lx, ga + lg, n, gj, c + i, sum_h + i, sum_hd + i,
+                               sum_d + i, 1, 1);
+            else if (sum_d)
+                RFN(rbr_pair_)(pa, ga, pa + lx, ga + lg, n, NULL, c + i, sum_h + i, sum_hd + i,
+                               sum_d + i, 1, 0);
+            else if (gj)
+                RFN(rbr_pair_)(pa, ga, pa + lx, ga + lg, n, gj, c + i, sum_h + i, sum_hd + i,
+                               NULL, 0, 1);
+            else
+                RFN(rbr_pair_)(pa, ga, pa + lx, ga + lg, n, NULL, c + i, sum_h + i, sum_hd + i,
+                               NULL, 0, 0);
+        }
+    }
+#endif
+    for (; r < r1; r++) {
+        const int64_t i = r - r0;
+        RFN(rbr_one_)(v, xv, dyv, r, j0, j1, c[i], gamma, &sum_h[i], &sum_hd[i],
+                      sum_d ? &sum_d[i] : NULL);
+    }
 }
 
 /* One dx value and the column sums, d = x - c, h = dy * gamma (dy without gamma):
@@ -413,10 +502,9 @@ NK_VEC_INLINE void RFN(rbwd_run_)(const T *p, const T *g, T *o, int64_t n, doubl
 #undef RB_ONE
 }
 
-static void RFN(row_bwd_apply_)(const nk_cview *v, const void *xv, const void *dyv, void *dxv,
-                                int64_t r, int64_t j0, int64_t j1, double c,
-                                const double *gamma, double ka, double kx, double k0, double a,
-                                double *pg, double *pb) {
+static void RFN(rbwd_one_)(const nk_cview *v, const void *xv, const void *dyv, void *dxv,
+                           int64_t r, int64_t j0, int64_t j1, double c, const double *gamma,
+                           double ka, double kx, double k0, double a, double *pg, double *pb) {
     const T *x = xv, *dy = dyv;
     T *dx = dxv;
     const int in = v->nd - 1;
@@ -449,6 +537,113 @@ static void RFN(row_bwd_apply_)(const nk_cview *v, const void *xv, const void *d
             if (qb) qb[i] += gi;
             if (o) o[i * so] = (T)(ka * (gj ? gi * gj[i] : gi) + fma(kx, di, k0));
         }
+    }
+}
+
+#if NK_LANE_VECS <= 2
+/* rbwd_run_ over two plain rows a and b at once, in row order per value:
+ *     pg[j] = fma(dy_b, d_b * a_b, fma(dy_a, d_a * a_a, pg[j]));  pb[j] = (pb[j] + dy_a) + dy_b
+ * which are the bits of two rbwd_run_ calls, with one load and store of pg and pb per pair.
+ * dx of both rows as rbwd_run_. lx, lg: row strides of x and dy (prefetch: the next pair). */
+NK_VEC_INLINE void RFN(rbwd_pair_)(const T *pa, const T *ga, T *oa, const T *pb_, const T *gb,
+                                   T *ob, int64_t n, int64_t lx, int64_t lg, const double *c,
+                                   const double *gj, const double *ka, const double *kx,
+                                   const double *k0, const double *a, double *qg, double *qb,
+                                   int stream) {
+    const vd vca = vd_set1(c[0]), vaa = vd_set1(a[0]), vkaa = vd_set1(ka[0]),
+             vkxa = vd_set1(kx[0]), vk0a = vd_set1(k0[0]);
+    const vd vcb = vd_set1(c[1]), vab = vd_set1(a[1]), vkab = vd_set1(ka[1]),
+             vkxb = vd_set1(kx[1]), vk0b = vd_set1(k0[1]);
+    int64_t i = 0;
+#define RB2_ONE(i)                                                                               \
+    do {                                                                                         \
+        const double ua = (double)ga[i], da = (double)pa[i] - c[0];                              \
+        const double ub = (double)gb[i], db = (double)pb_[i] - c[1];                             \
+        if (qg) qg[i] = fma(ub, db * a[1], fma(ua, da * a[0], qg[i]));                           \
+        if (qb) qb[i] = (qb[i] + ua) + ub;                                                       \
+        if (oa) {                                                                                \
+            oa[i] = (T)(ka[0] * (gj ? ua * gj[i] : ua) + fma(kx[0], da, k0[0]));                 \
+            ob[i] = (T)(ka[1] * (gj ? ub * gj[i] : ub) + fma(kx[1], db, k0[1]));                 \
+        }                                                                                        \
+    } while (0)
+    if (stream) /* the caller checked that oa and ob share their alignment */
+        for (const int64_t h = RFN(rhead_)(oa, n); i < h; i++) RB2_ONE(i);
+#define RB2_VEC(i)                                                                               \
+    do {                                                                                         \
+        const vd ua_ = RLD(ga + (i)), da_ = vd_sub(RLD(pa + (i)), vca);                          \
+        const vd ub_ = RLD(gb + (i)), db_ = vd_sub(RLD(pb_ + (i)), vcb);                         \
+        if (qg) {                                                                                \
+            const vd t_ = vd_fmadd(ua_, vd_mul(da_, vaa), vd_load_f64(qg + (i)));                \
+            vd_store_f64(qg + (i), vd_fmadd(ub_, vd_mul(db_, vab), t_));                         \
+        }                                                                                        \
+        if (qb) vd_store_f64(qb + (i), vd_add(vd_add(vd_load_f64(qb + (i)), ua_), ub_));         \
+        if (oa) {                                                                                \
+            const vd G_ = gj ? vd_load_f64(gj + (i)) : vd_zero();                                \
+            const vd ha_ = gj ? vd_mul(ua_, G_) : ua_, hb_ = gj ? vd_mul(ub_, G_) : ub_;         \
+            const vd ra_ = vd_add(vd_mul(vkaa, ha_), vd_fmadd(vkxa, da_, vk0a));                 \
+            const vd rb_ = vd_add(vd_mul(vkab, hb_), vd_fmadd(vkxb, db_, vk0b));                 \
+            if (stream) {                                                                        \
+                RSST(oa + (i), ra_);                                                             \
+                RSST(ob + (i), rb_);                                                             \
+            } else {                                                                             \
+                RST(oa + (i), ra_);                                                              \
+                RST(ob + (i), rb_);                                                              \
+            }                                                                                    \
+        }                                                                                        \
+    } while (0)
+    for (; i + RLINE <= n; i += RLINE) { /* one prefetch per cache line and stream */
+        RPREFETCH(pa + 2 * lx + i);
+        RPREFETCH(pb_ + 2 * lx + i);
+        RPREFETCH(ga + 2 * lg + i);
+        RPREFETCH(gb + 2 * lg + i);
+        RUNROLL for (int k = 0; k < RLINE / VW; k++) RB2_VEC(i + k * VW);
+    }
+    for (; i + VW <= n; i += VW) RB2_VEC(i);
+#undef RB2_VEC
+    for (; i < n; i++) RB2_ONE(i);
+#undef RB2_ONE
+}
+#endif
+
+/* Plain rows (as row_bwd_reduce_, and dx of stride 1) go in pairs where rbwd_pair_ exists,
+ * unless streaming stores would need different scalar heads in the two rows. */
+static void RFN(row_bwd_apply_)(const nk_cview *v, const void *xv, const void *dyv, void *dxv,
+                                int64_t r0, int64_t r1, int64_t j0, int64_t j1, const double *c,
+                                const double *gamma, const double *ka, const double *kx,
+                                const double *k0, const double *a, double *pg, double *pb) {
+    int64_t r = r0;
+#if NK_LANE_VECS <= 2
+    if (v->nk == 1 && v->nd == 1 && v->st[0][0] == 1 && v->st[1][0] == 1 &&
+        (!dxv || v->st[2][0] == 1)) {
+        const T *x = xv, *dy = dyv;
+        T *dx = dxv;
+        const int64_t lx = v->kst[0][0], lg = v->kst[1][0], lo = dx ? v->kst[2][0] : 0;
+        const int64_t n = j1 - j0;
+        const int stream = dx && RFN(rstreams_)(v);
+        const double *gj = gamma ? gamma + j0 : NULL;
+        double *qg = pg ? pg + j0 : NULL, *qb = pb ? pb + j0 : NULL;
+        if (!stream || lo % VW == 0)
+            for (; r + 2 <= r1; r += 2) {
+                const int64_t i = r - r0;
+                const T *pa = x + r * lx + j0, *ga = dy + r * lg + j0;
+                T *oa = dx ? dx + r * lo + j0 : NULL, *ob = dx ? oa + lo : NULL;
+                /* the training backward's combinations get their own loops */
+                if (oa && gj && qg && qb && stream)
+                    RFN(rbwd_pair_)(pa, ga, oa, pa + lx, ga + lg, ob, n, lx, lg, c + i, gj,
+                                    ka + i, kx + i, k0 + i, a + i, qg, qb, 1);
+                else if (oa && gj && qg && qb)
+                    RFN(rbwd_pair_)(pa, ga, oa, pa + lx, ga + lg, ob, n, lx, lg, c + i, gj,
+                                    ka + i, kx + i, k0 + i, a + i, qg, qb, 0);
+                else
+                    RFN(rbwd_pair_)(pa, ga, oa, pa + lx, ga + lg, ob, n, lx, lg, c + i, gj,
+                                    ka + i, kx + i, k0 + i, a + i, qg, qb, stream);
+            }
+    }
+#endif
+    for (; r < r1; r++) {
+        const int64_t i = r - r0;
+        RFN(rbwd_one_)(v, xv, dyv, dxv, r, j0, j1, c[i], gamma, ka[i], kx[i], k0[i], a[i], pg,
+                       pb);
     }
 }
 
