@@ -4,12 +4,14 @@
  *
  * Contract: kernels/row_kernels.h; reference: kernels/ref/row_ref_impl.h. Values are converted
  * to double on load. Element-wise results (normalize, bwd_apply) use fused multiply-adds where
- * the reference rounds twice (the expressions are written above each function), and the row
- * sums of bwd_reduce are formed in the 16 lanes of kernels/simd/lanes16.h whatever the layout:
- * both differ from the reference's in the last bits of double. Runs whose strides are not 1
- * take a scalar loop with the same operations (fma() is the FMA instruction under this
- * file's -mfma), so every layout, alignment and ISA gives the same bits. Outputs of large views
- * are written with streaming stores (kernels.h, NK_STREAM_MIN_BYTES), ordered by flush. */
+ * the reference rounds twice (the expressions are written above each function), and the sums
+ * of moments and bwd_reduce are formed in the 16 lanes of kernels/simd/lanes16.h whatever the
+ * layout: all differ from the reference's in the last bits of double. Runs whose strides are
+ * not 1 take a scalar loop with the same operations (fma() is the FMA instruction under this
+ * file's -mfma), so every layout, alignment and ISA gives the same bits. Where the registers
+ * allow (AVX-512), plain rows are taken in pairs whose dependency chains overlap; each row's
+ * sums keep their order, so pairing changes no bit. Outputs of large views are written with
+ * streaming stores (kernels.h, NK_STREAM_MIN_BYTES), ordered by flush. */
 #include <math.h>
 #include <stdint.h>
 
