@@ -2,15 +2,19 @@
  * by layer norm, RMS norm, MVN and weight standardization (formulas in ops/rownorm.h).
  *
  * Work decomposition (fixed by R rows and K values per row, never by the thread count):
- *  - K <= NK_BLOCK_ELEMS: a task is a group of whole rows (about NK_BLOCK_ELEMS values); each
- *    row's statistics come from the moments kernel over the whole row (two passes in double),
- *    so nothing per row needs to be staged.
- *  - K >  NK_BLOCK_ELEMS: a task is one block of one row; row statistics come from
- *    nk_moments_blocks (blocks merged in block order) and backward row sums from per-block
- *    partials added in block order.
+ *  - forward, K <= NK_BLOCK_ELEMS: a task is a group of whole rows (about NK_BLOCK_ELEMS
+ *    values); each row's statistics come from the moments kernel over the whole row, then the
+ *    row is normalized while it is still in L1.
+ *  - forward, K > NK_BLOCK_ELEMS: a task is one block of one row; row statistics come from
+ *    nk_moments_blocks (blocks merged in block order).
  *  - dgamma / dbeta are column sums across rows: rows are split into at most RN_ROW_BLOCKS_MAX
- *    fixed row blocks; a task sums one row block over one chunk of columns, in row order, into
- *    that block's partial vector; the partials are then added in block order.
+ *    fixed row blocks; each block sums its rows in row order into its own partial vector, and
+ *    the partials are then added in block order.
+ *  - backward, K <= NK_BLOCK_ELEMS: a task is one row block; per row, the row sums and then,
+ *    in one more pass over the row while it is in L1/L2, dx and the block's column partials
+ *    (x and dy are read from memory once).
+ *  - backward, K > NK_BLOCK_ELEMS: row sums from (row, block) partials added in block order;
+ *    then a task is one (row block, block) pair writing dx and that block's column partials.
  * Each sum is therefore formed in the same order whatever the thread count.
  */
 #include <math.h>
@@ -25,8 +29,14 @@
 #define RN_ROW_BLOCKS_MAX 64
 /* ...of at least this many rows (partials stay below 1/8 of a float32 input). */
 #define RN_ROW_BLOCK_MIN 32
-/* Columns per column-sum task (gives parallelism when there are few row blocks). */
-#define RN_COL_CHUNK 1024
+/* Forward, whole rows: statistics for this many rows at a time, then their normalization
+ * (the optimized moments kernel interleaves pairs of rows; the rows are still in L1). */
+#define RN_FWD_GROUP 2
+/* Backward, whole rows: rows per kernel call (the optimized kernels take pairs of rows at
+ * once: overlapping dependency chains, one load and store of the column partials per pair). */
+#define RN_BWD_GROUP 2
+/* Per-row backward coefficients when rows span several blocks: c, a, ka, kx, k0. */
+#define RN_COEFS 5
 
 /* ---- validation ------------------------------------------------------------------------- */
 
@@ -138,7 +148,6 @@ typedef struct rn_plan {
     int64_t row_tasks;   /* forward / dx tasks */
     int64_t rb_rows;     /* rows per row block (column sums) */
     int64_t RB;          /* row blocks */
-    int64_t CC;          /* column chunks */
 } rn_plan;
 
 static rn_plan make_plan(int64_t R, int64_t K) {
@@ -157,7 +166,6 @@ static rn_plan make_plan(int64_t R, int64_t K) {
     p.rb_rows = (R + RN_ROW_BLOCKS_MAX - 1) / RN_ROW_BLOCKS_MAX;
     if (p.rb_rows < RN_ROW_BLOCK_MIN) p.rb_rows = RN_ROW_BLOCK_MIN;
     p.RB = R == 0 ? 0 : (R + p.rb_rows - 1) / p.rb_rows;
-    p.CC = K == 0 ? 0 : (K + RN_COL_CHUNK - 1) / RN_COL_CHUNK;
     return p;
 }
 
@@ -170,7 +178,7 @@ typedef struct rn_layout {
     size_t mom_part, mom; /* nb > 1: block partials and merged moments (R) */
     size_t colp;          /* backward: RB * 2K column partials */
     size_t colsum;        /* backward: 2K column sums */
-    size_t rowp, rowk;    /* backward, nb > 1: R * nb * 2 partials, R * 4 coefficients */
+    size_t rowp, rowk;    /* backward, nb > 1: R * nb * 2 partials, R * RN_COEFS coefficients */
     size_t total;         /* doubles */
 } rn_layout;
 
@@ -192,7 +200,7 @@ static rn_layout make_layout(const rn_plan *p) {
     l.rowp = l.rowk = bwd;
     if (nb > 1) {
         l.rowk = l.rowp + R * nb * 2;
-        bwd = l.rowk + R * 4;
+        bwd = l.rowk + R * RN_COEFS;
     }
     l.total = fwd > bwd ? fwd : bwd;
     return l;
@@ -317,14 +325,20 @@ nk_status nk_rn_forward(nk_ctx *ctx, const nk_rn_spec *s, const nk_tensor *x,
         for (int64_t t = 0; t < p.row_tasks; t++) {
             const int64_t r0 = t * p.rows_per_task;
             const int64_t r1 = r0 + p.rows_per_task < R ? r0 + p.rows_per_task : R;
-            for (int64_t r = r0; r < r1; r++) {
-                double mean, m2, c, a, s0, s1;
-                mk->moments(&v, xd, r, 0, K, &mean, &m2);
-                row_stats(s, mean, m2, K, &c, &a, &s0, &s1);
-                rk->normalize(&v, xd, yd, r, 0, K, c, a, g, b);
-                nk_rows_store(stat0, r, 1, &s0);
-                nk_rows_store(stat1, r, 1, &s1);
+            for (int64_t rg = r0; rg < r1; rg += RN_FWD_GROUP) {
+                const int64_t re = rg + RN_FWD_GROUP < r1 ? rg + RN_FWD_GROUP : r1;
+                double mean[RN_FWD_GROUP], m2[RN_FWD_GROUP], s0[RN_FWD_GROUP], s1[RN_FWD_GROUP];
+                double c[RN_FWD_GROUP], a[RN_FWD_GROUP];
+                rk->moments(&v, xd, rg, re, 0, K, mean, m2);
+                /* all the group's divisions and square roots first: their latencies overlap */
+                for (int64_t i = 0; i < re - rg; i++)
+                    row_stats(s, mean[i], m2[i], K, &c[i], &a[i], &s0[i], &s1[i]);
+                for (int64_t r = rg; r < re; r++)
+                    rk->normalize(&v, xd, yd, r, 0, K, c[r - rg], a[r - rg], g, b);
+                nk_rows_store(stat0, rg, re - rg, s0);
+                nk_rows_store(stat1, rg, re - rg, s1);
             }
+            rk->flush();
         }
         return NK_OK;
     }
@@ -343,6 +357,7 @@ nk_status nk_rn_forward(nk_ctx *ctx, const nk_rn_spec *s, const nk_tensor *x,
             nk_rows_store(stat0, r, 1, &s0);
             nk_rows_store(stat1, r, 1, &s1);
         }
+        rk->flush();
     }
     return NK_OK;
 }
@@ -351,54 +366,17 @@ nk_status nk_rn_forward(nk_ctx *ctx, const nk_rn_spec *s, const nk_tensor *x,
 
 /* A float32 save_mean is the double row mean rounded: for rows with a large mean and a small
  * spread (mean 1e4, std 1e-2) its error, ulp(1e4) / 2 = 5e-4, is 5 % of the std and would
- * shift every x - mean. The backward therefore recomputes the row means from x exactly as the
- * forward did (same kernel, same blocks: the same doubles) into ws[centers]. */
-static void recompute_means(const nk_ctx *ctx, const rn_plan *p, const rn_layout *l,
-                            double *ws, const nk_cview *v, const nk_tensor *x) {
-    const nk_bn_kernels *mk = nk_bn_kernels_for(ctx, x->dtype);
-    const int64_t R = p->R, K = p->K;
-    double *centers = ws + l->centers;
-    if (p->nb > 1) {
-        nk_moments *mom = (nk_moments *)(ws + l->mom);
-        nk_moments_blocks(ctx, mk, v, x->data, ws + l->mom_part, mom);
-        for (int64_t r = 0; r < R; r++) centers[r] = mom[r].mean;
-        return;
-    }
-    const int nt = nk_threads_for(ctx, R * K);
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-    for (int64_t t = 0; t < p->row_tasks; t++) {
-        const int64_t r0 = t * p->rows_per_task;
-        const int64_t r1 = r0 + p->rows_per_task < R ? r0 + p->rows_per_task : R;
-        for (int64_t r = r0; r < r1; r++) {
-            double m2;
-            mk->moments(v, x->data, r, 0, K, &centers[r], &m2);
-        }
-    }
-}
+ * shift every x - mean. The backward therefore re-centers such rows on their exact mean:
+ *  - whole rows: from the saved c0, the row sums pass also forms S = sum (x - c0) (each term
+ *    exact in double: two floats within 2^29 of each other), so c = c0 + S / K is the row mean
+ *    to a few ulp of double and sum h (x - c) = sum h (x - c0) - (c - c0) sum h (the
+ *    correction is ~1e-3 of the sum at most: no cancellation). No extra pass over x.
+ *  - rows of several blocks: the means are recomputed by nk_moments_blocks, as the forward. */
 
-/* dgamma / dbeta: column sums over fixed row blocks, then over the blocks in order. */
-static void column_sums(const nk_ctx *ctx, const nk_rn_spec *s, const rn_plan *p,
-                        const rn_layout *l, double *ws, const nk_cview *v,
-                        const nk_row_kernels *rk, const nk_tensor *x, const nk_tensor *dy,
-                        const nk_tensor *stat0, const nk_tensor *stat1, const double *centers,
-                        int want_g, int want_b) {
-    const int64_t K = p->K, R = p->R, CC = p->CC, tasks = p->RB * CC;
-    double *colp = ws + l->colp;
-    const int nt = nk_threads_for(ctx, R * K);
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-    for (int64_t t = 0; t < tasks; t++) {
-        const int64_t rb = t / CC, j0 = (t % CC) * RN_COL_CHUNK;
-        const int64_t j1 = j0 + RN_COL_CHUNK < K ? j0 + RN_COL_CHUNK : K;
-        double *pg = colp + rb * 2 * K, *pb = pg + K;
-        for (int64_t j = j0; j < j1; j++) pg[j] = pb[j] = 0.0;
-        const int64_t r0 = rb * p->rb_rows, r1 = r0 + p->rb_rows < R ? r0 + p->rb_rows : R;
-        for (int64_t r = r0; r < r1; r++) {
-            double c, a, sd;
-            row_saved(s, stat0, stat1, centers, r, &c, &a, &sd);
-            rk->col_accum(v, x->data, dy->data, r, j0, j1, c, a, want_g ? pg : NULL,
-                          want_b ? pb : NULL);
-        }
-    }
+/* Adds the row blocks' column partials in block order into ws[colsum] (dgamma, dbeta). */
+static void merge_columns(const rn_plan *p, const rn_layout *l, double *ws) {
+    const int64_t K = p->K;
+    const double *colp = ws + l->colp;
     double *sg = ws + l->colsum, *sb = sg + K;
     for (int64_t j = 0; j < K; j++) sg[j] = sb[j] = 0.0;
     for (int64_t rb = 0; rb < p->RB; rb++) { /* fixed order: block 0, 1, ... */
@@ -410,56 +388,116 @@ static void column_sums(const nk_ctx *ctx, const nk_rn_spec *s, const rn_plan *p
     }
 }
 
-static void dx_pass(const nk_ctx *ctx, const nk_rn_spec *s, const rn_plan *p,
-                    const rn_layout *l, double *ws, const nk_cview *v, const nk_row_kernels *rk,
-                    const nk_tensor *x, const nk_tensor *dy, nk_tensor *dx,
-                    const nk_tensor *stat0, const nk_tensor *stat1, const double *centers,
-                    const double *g) {
+/* The partials of row block rb over positions [j0, j1), zeroed (NULL when not wanted). */
+static void block_partials(const rn_plan *p, const rn_layout *l, double *ws, int64_t rb,
+                           int64_t j0, int64_t j1, int want_g, int want_b, double **pg,
+                           double **pb) {
+    double *base = ws + l->colp + rb * 2 * p->K;
+    *pg = want_g ? base : NULL;
+    *pb = want_b ? base + p->K : NULL;
+    for (int64_t j = j0; j < j1; j++) {
+        if (*pg) (*pg)[j] = 0.0;
+        if (*pb) (*pb)[j] = 0.0;
+    }
+}
+
+typedef struct rn_bwd {
+    const nk_rn_spec *s;
+    const rn_plan *p;
+    const rn_layout *l;
+    double *ws;
+    const nk_cview *v;
+    const nk_row_kernels *rk;
+    int recenter;            /* re-center on the row means (float32 saved means) */
+    const void *x, *dy;
+    void *dx;                /* NULL: no dx */
+    const nk_tensor *stat0, *stat1;
+    const double *g;         /* staged gamma or NULL */
+    int want_g, want_b;
+} rn_bwd;
+
+/* Whole rows (K <= NK_BLOCK_ELEMS), one pass: a task is one row block of the column sums; per
+ * row, the row sums (bwd_reduce) then dx and the block's column partials (bwd_apply) while
+ * the row is still in L1/L2, so x and dy are read from memory once. */
+static void bwd_whole_rows(const nk_ctx *ctx, const rn_bwd *b) {
+    const rn_plan *p = b->p;
     const int64_t K = p->K, R = p->R;
     const int nt = nk_threads_for(ctx, R * K);
-    const void *xd = x->data, *dyd = dy->data;
-    void *dxd = dx->data;
-    if (p->nb == 1) {
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-        for (int64_t t = 0; t < p->row_tasks; t++) {
-            const int64_t r0 = t * p->rows_per_task;
-            const int64_t r1 = r0 + p->rows_per_task < R ? r0 + p->rows_per_task : R;
-            for (int64_t r = r0; r < r1; r++) {
-                double c, a, sd, sh, shd, ka, kx, k0;
-                row_saved(s, stat0, stat1, centers, r, &c, &a, &sd);
-                rk->bwd_reduce(v, xd, dyd, r, 0, K, c, g, &sh, &shd);
-                row_coeffs(s, K, a, sd, sh, shd, &ka, &kx, &k0);
-                rk->bwd_apply(v, xd, dyd, dxd, r, 0, K, c, g, ka, kx, k0);
+    for (int64_t rb = 0; rb < p->RB; rb++) {
+        double *pg, *pb;
+        block_partials(p, b->l, b->ws, rb, 0, K, b->want_g, b->want_b, &pg, &pb);
+        const int64_t r0 = rb * p->rb_rows, r1 = r0 + p->rb_rows < R ? r0 + p->rb_rows : R;
+        for (int64_t rg = r0; rg < r1; rg += RN_BWD_GROUP) {
+            const int64_t m = rg + RN_BWD_GROUP < r1 ? RN_BWD_GROUP : r1 - rg;
+            double c[RN_BWD_GROUP], a[RN_BWD_GROUP], sd[RN_BWD_GROUP];
+            double ka[RN_BWD_GROUP] = {0}, kx[RN_BWD_GROUP] = {0}, k0[RN_BWD_GROUP] = {0};
+            for (int64_t i = 0; i < m; i++)
+                row_saved(b->s, b->stat0, b->stat1, NULL, rg + i, &c[i], &a[i], &sd[i]);
+            if (b->dx || b->recenter) {
+                double sh[RN_BWD_GROUP], shd[RN_BWD_GROUP], sdx[RN_BWD_GROUP];
+                b->rk->bwd_reduce(b->v, b->x, b->dy, rg, rg + m, 0, K, c, b->g, sh, shd,
+                                  b->recenter ? sdx : NULL);
+                for (int64_t i = 0; i < m; i++) {
+                    if (b->recenter) {
+                        const double c1 = c[i] + sdx[i] / (double)K;
+                        shd[i] -= (c1 - c[i]) * sh[i];
+                        c[i] = c1;
+                    }
+                    if (b->dx) row_coeffs(b->s, K, a[i], sd[i], sh[i], shd[i], &ka[i], &kx[i], &k0[i]);
+                }
             }
+            b->rk->bwd_apply(b->v, b->x, b->dy, b->dx, rg, rg + m, 0, K, c, b->g, ka, kx, k0, a,
+                             pg, pb);
         }
-        return;
+        b->rk->flush();
     }
-    const int64_t nb = p->nb, tasks = p->row_tasks;
-    double *part = ws + l->rowp, *coef = ws + l->rowk;
+}
+
+/* Rows of several blocks (K > NK_BLOCK_ELEMS): (row, block) tasks form the block partials of
+ * the row sums, added in block order per row into the row's coefficients; then a task is one
+ * (row block, block) pair, writing dx and the column partials of that block's positions. */
+static void bwd_blocked_rows(const nk_ctx *ctx, const rn_bwd *b, const double *centers) {
+    const rn_plan *p = b->p;
+    const int64_t K = p->K, R = p->R, nb = p->nb;
+    const int nt = nk_threads_for(ctx, R * K);
+    double *part = b->ws + b->l->rowp, *coef = b->ws + b->l->rowk;
+    if (b->dx) {
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-    for (int64_t t = 0; t < tasks; t++) {
-        const int64_t r = t / nb, j0 = (t % nb) * NK_BLOCK_ELEMS;
-        const int64_t j1 = j0 + NK_BLOCK_ELEMS < K ? j0 + NK_BLOCK_ELEMS : K;
-        double c, a, sd;
-        row_saved(s, stat0, stat1, centers, r, &c, &a, &sd);
-        rk->bwd_reduce(v, xd, dyd, r, j0, j1, c, g, &part[2 * t], &part[2 * t + 1]);
+        for (int64_t t = 0; t < R * nb; t++) {
+            const int64_t r = t / nb, j0 = (t % nb) * NK_BLOCK_ELEMS;
+            const int64_t j1 = j0 + NK_BLOCK_ELEMS < K ? j0 + NK_BLOCK_ELEMS : K;
+            double c, a, sd;
+            row_saved(b->s, b->stat0, b->stat1, centers, r, &c, &a, &sd);
+            b->rk->bwd_reduce(b->v, b->x, b->dy, r, r + 1, j0, j1, &c, b->g, &part[2 * t],
+                              &part[2 * t + 1], NULL);
+        }
     }
-    for (int64_t r = 0; r < R; r++) { /* block partials added in block order */
-        double c, a, sd, sh = 0.0, shd = 0.0;
+    for (int64_t r = 0; r < R; r++) { /* c, a, ka, kx, k0; block partials added in order */
+        double sd, *k = coef + RN_COEFS * r;
+        row_saved(b->s, b->stat0, b->stat1, centers, r, &k[0], &k[1], &sd);
+        k[2] = k[3] = k[4] = 0.0;
+        if (!b->dx) continue;
+        double sh = 0.0, shd = 0.0;
         for (int64_t bb = 0; bb < nb; bb++) {
             sh += part[2 * (r * nb + bb)];
             shd += part[2 * (r * nb + bb) + 1];
         }
-        row_saved(s, stat0, stat1, centers, r, &c, &a, &sd);
-        coef[4 * r] = c;
-        row_coeffs(s, K, a, sd, sh, shd, &coef[4 * r + 1], &coef[4 * r + 2], &coef[4 * r + 3]);
+        row_coeffs(b->s, K, k[1], sd, sh, shd, &k[2], &k[3], &k[4]);
     }
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-    for (int64_t t = 0; t < tasks; t++) {
-        const int64_t r = t / nb, j0 = (t % nb) * NK_BLOCK_ELEMS;
+    for (int64_t t = 0; t < p->RB * nb; t++) {
+        const int64_t rb = t / nb, j0 = (t % nb) * NK_BLOCK_ELEMS;
         const int64_t j1 = j0 + NK_BLOCK_ELEMS < K ? j0 + NK_BLOCK_ELEMS : K;
-        const double *k = coef + 4 * r;
-        rk->bwd_apply(v, xd, dyd, dxd, r, j0, j1, k[0], g, k[1], k[2], k[3]);
+        double *pg, *pb;
+        block_partials(p, b->l, b->ws, rb, j0, j1, b->want_g, b->want_b, &pg, &pb);
+        const int64_t r0 = rb * p->rb_rows, r1 = r0 + p->rb_rows < R ? r0 + p->rb_rows : R;
+        for (int64_t r = r0; r < r1; r++) {
+            const double *k = coef + RN_COEFS * r;
+            b->rk->bwd_apply(b->v, b->x, b->dy, b->dx, r, r + 1, j0, j1, &k[0], b->g, &k[2],
+                             &k[3], &k[4], &k[1], pg, pb);
+        }
+        b->rk->flush();
     }
 }
 
@@ -506,18 +544,27 @@ nk_status nk_rn_backward(nk_ctx *ctx, const nk_rn_spec *s, const nk_tensor *x,
     nk_cview v;
     nk_view_init_mask(&v, 3, ts, s->kept_mask);
     const nk_row_kernels *rk = nk_row_kernels_for(ctx, x->dtype);
-    const double *centers = NULL;
-    if (s->kind != NK_RN_RMS && stat0->dtype == NK_F32) {
-        recompute_means(ctx, &p, &l, ws, &v, x);
-        centers = ws + l.centers;
+    const int recenter = s->kind != NK_RN_RMS && stat0->dtype == NK_F32;
+    const rn_bwd b = {s, &p, &l, ws, &v, rk, recenter,
+                      x->data, dy->data, dx ? dx->data : NULL, stat0, stat1, g,
+                      dgamma != NULL, dbeta != NULL};
+    if (p.nb == 1) {
+        bwd_whole_rows(ctx, &b);
+    } else {
+        const double *centers = NULL;
+        if (recenter) {
+            nk_moments *mom = (nk_moments *)(ws + l.mom);
+            nk_moments_blocks(ctx, nk_bn_kernels_for(ctx, x->dtype), &v, x->data, ws + l.mom_part,
+                              mom);
+            for (int64_t r = 0; r < R; r++) ws[l.centers + r] = mom[r].mean;
+            centers = ws + l.centers;
+        }
+        bwd_blocked_rows(ctx, &b, centers);
     }
-    /* the column sums read dy, so they run before dx (which may alias dy) is written */
     if (dgamma || dbeta) {
-        column_sums(ctx, s, &p, &l, ws, &v, rk, x, dy, stat0, stat1, centers, dgamma != NULL,
-                    dbeta != NULL);
+        merge_columns(&p, &l, ws);
         nk_rows_store(dgamma, 0, K, ws + l.colsum);
         nk_rows_store(dbeta, 0, K, ws + l.colsum + K);
     }
-    if (dx) dx_pass(ctx, s, &p, &l, ws, &v, rk, x, dy, dx, stat0, stat1, centers, g);
     return NK_OK;
 }

@@ -14,8 +14,9 @@
  *     MVN:        ka = 1/s, k0 = -sum(h) / (K s), kx = -sum(h d) / (K s^2 std)  (0 if std = 0),
  *                 s = std + 1e-9
  *     dgamma[j] = sum_rows g d a,  dbeta[j] = sum_rows g
- *   c and a come from the saved statistics, except that a float32 saved mean is replaced by
- *   the row mean recomputed from x (its rounding would shift every d for badly scaled rows).
+ *   c and a come from the saved statistics, except that a float32 saved mean c0 is replaced
+ *   by the row's exact mean (its rounding would shift every d for badly scaled rows):
+ *   c = c0 + sum(x - c0) / K, from the row-sums pass (ops/rownorm.c).
  * The thin op files validate their parameters, build an nk_rn_spec and call the engine, which
  * validates the tensors, writes nothing on error, and is bitwise deterministic for any thread
  * count (docs/ops/layernorm.md has the derivation). */

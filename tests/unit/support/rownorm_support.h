@@ -91,6 +91,7 @@ typedef enum rnt_tol_key {
     RNT_TOL_DPARAM,    /* dgamma, dbeta */
     RNT_TOL_FD,        /* library backward vs central finite differences of the library forward */
     RNT_TOL_BIGMEAN,   /* float32 rows with mean 1e4 and std 1e-2 */
+    RNT_TOL_OPT_REF,   /* optimized kernels vs the reference kernels, same inputs */
     RNT_NTOL
 } rnt_tol_key;
 double rnt_tol(rnt_tol_key k, nk_dtype dt);
