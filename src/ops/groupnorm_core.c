@@ -4,7 +4,6 @@
 #include <string.h>
 
 #include "ops/groupnorm_core.h"
-#include "stats/moments_internal.h"
 
 nk_status nk_gn_geom_init(nk_gn_geom *g, const nk_tensor *x, int64_t G) {
     int64_t S = 1, NC;
@@ -170,18 +169,39 @@ static void mom_inst(const gn_run *u, const void *x, int64_t i, double *part) {
     }
 }
 
-/* Row r's statistics from its partials, merged in (channel, block) order (Chan's update). */
+/* Row r's statistics from the partials (count n_j, mean m_j, M2_j) of its blocks j, taken in
+ * (channel, block) order: the exact two-pass combination
+ *   mean = sum n_j m_j / K,   M2 = sum M2_j + sum n_j (m_j - mean)^2
+ * which, unlike a chain of Chan updates, needs no division per block (a row of small channels
+ * has as many blocks as channels) and measures every deviation from the final mean. */
 static void stats_row(const gn_run *u, const double *part, int64_t r, double eps, double *mean,
                       double *var, double *invstd) {
     const nk_gn_geom *g = u->g;
-    const int64_t i0 = (r / g->G) * g->C + (r % g->G) * g->CG; /* first (n, c) of the row */
-    nk_moments m = {0, 0.0, 0.0};
-    for (int64_t i = i0; i < i0 + g->CG; i++) {
-        const nk_moments mi = nk_moments_merge_blocks(part, i, g->S);
-        nk_moments_merge(&m, &mi);
+    const int64_t nb = u->nb;
+    const double *p = &part[2 * r * g->CG * nb], *end = p + 2 * g->CG * nb; /* C = G * CG */
+    if (g->CG * nb == 1) { /* one block (instance norm, S <= B): its moments are the row's */
+        mean[r] = p[0];
+        var[r] = p[1] / (double)g->K;
+        invstd[r] = 1.0 / sqrt(var[r] + eps);
+        return;
     }
-    mean[r] = m.mean;
-    var[r] = m.m2 / (double)g->K;
+    const double full = (double)NK_BLOCK_ELEMS, last = (double)(g->S - (nb - 1) * NK_BLOCK_ELEMS);
+    double sum = 0.0, m2 = 0.0;
+    for (const double *q = p; q < end; q += 2 * nb) { /* one channel's blocks */
+        for (int64_t b = 0; b < nb - 1; b++) sum += full * q[2 * b];
+        sum += last * q[2 * (nb - 1)];
+    }
+    const double mu = sum / (double)g->K;
+    for (const double *q = p; q < end; q += 2 * nb) {
+        for (int64_t b = 0; b < nb - 1; b++) {
+            const double d = q[2 * b] - mu;
+            m2 += q[2 * b + 1] + full * d * d;
+        }
+        const double d = q[2 * (nb - 1)] - mu;
+        m2 += q[2 * (nb - 1) + 1] + last * d * d;
+    }
+    mean[r] = mu;
+    var[r] = m2 / (double)g->K;
     invstd[r] = 1.0 / sqrt(var[r] + eps);
 }
 
@@ -363,8 +383,8 @@ static void red_inst(const gn_run *u, const nk_tensor *x, const nk_tensor *dy, i
  *   mean' = mean + shift, shift = sum (x - mean) / K,
  *   sum g (x - mean') = sum g (x - mean) - shift * sum g */
 static void merge_row_bwd(const nk_gn_geom *g, int64_t nb, int64_t r, const bwd_bufs *w) {
-    const int64_t C = g->C, CG = g->CG;
-    const int64_t i0 = (r / g->G) * C + (r % g->G) * CG; /* first (n, c) of the row */
+    const int64_t CG = g->CG, i0 = r * CG; /* first (n, c) of the row: C = G * CG */
+    const double *gam = w->gamma ? w->gamma + (r % g->G) * CG : NULL; /* gam[i - i0] = gamma[c] */
     double sx = 0.0;
     for (int64_t i = i0; i < i0 + CG; i++) {
         double a0 = 0.0, a1 = 0.0, a2 = 0.0;
@@ -383,7 +403,7 @@ static void merge_row_bwd(const nk_gn_geom *g, int64_t nb, int64_t r, const bwd_
     double a = 0.0, b = 0.0;
     for (int64_t i = i0; i < i0 + CG; i++) {
         w->sgx[i] -= shift * w->sg[i];
-        const double gm = w->gamma ? w->gamma[i % C] : 1.0;
+        const double gm = gam ? gam[i - i0] : 1.0;
         a += gm * w->sgx[i];
         b += gm * w->sg[i];
     }
@@ -391,7 +411,7 @@ static void merge_row_bwd(const nk_gn_geom *g, int64_t nb, int64_t r, const bwd_
     const double K = (double)g->K, is = w->invstd[r];
     for (int64_t i = i0; i < i0 + CG; i++) {
         w->cm[i] = w->mean[r];
-        w->kg[i] = (w->gamma ? w->gamma[i % C] : 1.0) * is;
+        w->kg[i] = (gam ? gam[i - i0] : 1.0) * is;
         w->kx[i] = -is * is * is * a / K;
         w->k0[i] = -is * b / K;
     }
@@ -428,7 +448,7 @@ static void bwd_unit(const gn_run *u, const nk_tensor *x, const nk_tensor *dy, n
             apply_rows(u, x, dy, dx, r0, imin(r0 + rt, (wi + 1) * g->S), wi, w);
         return;
     }
-    const int64_t i0 = (wi / g->G) * g->C + (wi % g->G) * g->CG; /* row wi */
+    const int64_t i0 = wi * g->CG; /* row wi's first (n, c) */
     for (int64_t i = i0; i < i0 + g->CG; i++) red_inst(u, x, dy, i, w->mean[wi], w->part);
     merge_row_bwd(g, u->nb, wi, w);
     if (dx)
@@ -456,7 +476,8 @@ static void backward(const nk_ctx *ctx, const nk_gn_geom *g, const nk_tensor *x,
     gn_run u;
     run_init(&u, ctx, g, 4, ts);
     /* the rows reductions take per-channel means: the saved mean of each (n, c) */
-    for (int64_t i = 0; i < NC; i++) w.cm[i] = mean[(i / C) * G + (i % C) / CG];
+    for (int64_t r = 0; r < g->R; r++) /* row r holds instances [r * CG, (r + 1) * CG) */
+        for (int64_t i = r * CG; i < (r + 1) * CG; i++) w.cm[i] = mean[r];
 
     /* apply reads x and dy, then writes dx at the same element: dx may alias either exactly */
     if (fuse_units(&u, x->dtype, dx ? 3 : 2)) {
