@@ -84,21 +84,24 @@ static int64_t rows_per_task(int64_t C) {
     return r > 0 ? r : 1;
 }
 
-/* A unit of work that runs start to end in one task while its data stays in cache: a row
- * (n, g) in the per-channel decomposition, a sample in the rows one. Fusing reads x (and dy)
- * from memory once instead of twice; the kernels, blocks and merge order are those of the
- * separate passes, so the bits are the same, and the choice (which may use the thread count)
- * only moves work between caches. GN_FUSE_MAX_BYTES: the data a unit touches, chosen to fit a
- * 1 MiB L2 with room to spare (as batch norm's per-channel fusion). */
-#define GN_FUSE_MAX_BYTES ((int64_t)1 << 20)
+/* A unit of work that runs start to end in one task: a row (n, g) in the per-channel
+ * decomposition, a sample in the rows one. The reduction reads the unit's x (and dy), and the
+ * element-wise pass reads them again while they are still in cache, instead of from memory
+ * after the whole tensor has been reduced. The kernels, blocks and merge order are those of
+ * the separate passes, so the bits are the same; the choice (which may use the thread count)
+ * only moves work between caches. The units of all threads must fit together in a share of
+ * the last-level cache (GN_FUSE_LLC_BYTES: half of the 32 MiB that kernels.h assumes for
+ * NK_STREAM_MIN_BYTES); when they do not, the second read comes from memory, as it would in
+ * separate passes. Two units per thread at least keep the threads balanced. */
+#define GN_FUSE_LLC_BYTES ((int64_t)16 << 20)
 
 static int64_t unit_count(const gn_run *u) { return u->rows ? u->g->N : u->g->R; }
 
-static int fuse_units(const gn_run *u, nk_dtype dt, int tensors) {
+/* reread: the tensors the element-wise pass reads again (x; x and dy in the backward) */
+static int fuse_units(const gn_run *u, nk_dtype dt, int reread) {
     const int64_t vals = u->rows ? u->g->C * u->g->S : u->g->K;
-    const int64_t units = unit_count(u);
-    return vals <= GN_FUSE_MAX_BYTES / ((int64_t)nk_dtype_size(dt) * tensors) &&
-           (u->nt == 1 || units >= 2 * (int64_t)u->nt);
+    const int64_t per = (int64_t)nk_dtype_size(dt) * reread * u->nt;
+    return vals <= GN_FUSE_LLC_BYTES / per && (u->nt == 1 || unit_count(u) >= 2 * (int64_t)u->nt);
 }
 
 /* The rows r0, r1 of block b of sample n in the rows decomposition. */
@@ -234,19 +237,17 @@ static void norm_inst(const gn_run *u, const nk_tensor *x, nk_tensor *y, int64_t
     }
 }
 
-/* y = (x - cm[i]) * ca[i] + cb[i] with i = n * ns + c, every (n, c), in separate tasks. */
+/* y = (x - cm[i]) * ca[i] + cb[i] with i = n * C + c, every (n, c), in separate tasks. */
 static void normalize_pass(const gn_run *u, const nk_tensor *x, nk_tensor *y, const double *cm,
-                           const double *ca, const double *cb, int64_t ns) {
+                           const double *ca, const double *cb) {
     const nk_gn_geom *g = u->g;
     if (u->rows) {
-        /* with shared coefficients (ns = 0) the N samples are one run of N * S rows */
-        const int64_t units = ns ? g->N : 1, len = ns ? g->S : g->N * g->S;
-        const int64_t rt = rows_per_task(g->C), per = (len + rt - 1) / rt;
+        const int64_t rt = rows_per_task(g->C), per = (g->S + rt - 1) / rt;
 #pragma omp parallel for num_threads(u->nt) schedule(static) if (u->nt > 1)
-        for (int64_t t = 0; t < units * per; t++) {
-            const int64_t n = t / per, r0 = n * len + (t % per) * rt;
-            const int64_t r1 = n * len + imin((t % per + 1) * rt, len);
-            norm_rows(u, x, y, r0, r1, cm + n * ns, ca + n * ns, cb + n * ns);
+        for (int64_t t = 0; t < g->N * per; t++) {
+            const int64_t n = t / per, r0 = n * g->S + (t % per) * rt;
+            norm_rows(u, x, y, r0, imin(r0 + rt, (n + 1) * g->S), cm + n * g->C, ca + n * g->C,
+                      cb + n * g->C);
         }
         return;
     }
@@ -254,9 +255,8 @@ static void normalize_pass(const gn_run *u, const nk_tensor *x, nk_tensor *y, co
 #pragma omp parallel for num_threads(u->nt) schedule(static) if (u->nt > 1)
     for (int64_t t = 0; t < tasks; t++) {
         const int64_t i = t / u->nb, r0 = (t % u->nb) * NK_BLOCK_ELEMS;
-        const int64_t j = ns ? i : i % g->C;
-        u->k->normalize(&u->v, x->data, y->data, i, r0, imin(r0 + NK_BLOCK_ELEMS, g->S), cm[j],
-                        ca[j], cb[j], 0);
+        u->k->normalize(&u->v, x->data, y->data, i, r0, imin(r0 + NK_BLOCK_ELEMS, g->S), cm[i],
+                        ca[i], cb[i], 0);
     }
 }
 
@@ -302,7 +302,7 @@ int64_t nk_gn_forward_train(const nk_ctx *ctx, const nk_gn_geom *g, double eps, 
     const nk_tensor *ts[2] = {x, y};
     gn_run u;
     run_init(&u, ctx, g, 2, ts);
-    if (fuse_units(&u, x->dtype, 2)) {
+    if (fuse_units(&u, x->dtype, 1)) {
         const int64_t units = unit_count(&u);
 #pragma omp parallel for num_threads(u.nt) schedule(static) if (u.nt > 1)
         for (int64_t w = 0; w < units; w++) fwd_unit(&u, x, y, w, eps, gm, bt, part, o, cm, ca, cb);
@@ -324,19 +324,37 @@ int64_t nk_gn_forward_train(const nk_ctx *ctx, const nk_gn_geom *g, double eps, 
         for (int64_t r = 0; r < g->R; r++) stats_row(&u, part, r, eps, o->mean, o->var, o->invstd);
         for (int64_t n = 0; n < g->N; n++)
             coeffs_fwd(g, n, 0, g->C, o->mean, o->invstd, gm, bt, cm, ca, cb);
-        normalize_pass(&u, x, y, cm, ca, cb, g->C);
+        normalize_pass(&u, x, y, cm, ca, cb);
     }
     for (int64_t r = 0; r < g->R; r++) /* a NaN/inf input, or eps = 0 with a constant row */
         if (!(isfinite(o->mean[r]) && isfinite(o->var[r]) && isfinite(o->invstd[r]))) return r;
     return -1;
 }
 
-void nk_gn_normalize(const nk_ctx *ctx, const nk_gn_geom *g, const nk_tensor *x, nk_tensor *y,
-                     const double *mean, const double *a, const double *b, int64_t ns) {
+void nk_gn_normalize_channels(const nk_ctx *ctx, const nk_gn_geom *g, const nk_tensor *x,
+                              nk_tensor *y, const double *mean, const double *a,
+                              const double *b) {
+    /* the same coefficients in every sample: batch norm's view (kept C, reduced (N, S...)),
+     * whose per-channel runs span the samples, so a call covers far more than one (n, c) */
     const nk_tensor *ts[2] = {x, y};
-    gn_run u;
-    run_init(&u, ctx, g, 2, ts);
-    normalize_pass(&u, x, y, mean, a, b, ns);
+    nk_cview v;
+    nk_cview_init(&v, 2, ts);
+    const nk_bn_kernels *k = nk_bn_kernels_for(ctx, x->dtype);
+    const int64_t C = g->C, M = g->N * g->S;
+    const int nt = nk_threads_for(ctx, C * M);
+    if (nk_view_rows(&v)) {
+        const int64_t rt = rows_per_task(C), tasks = (M + rt - 1) / rt;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+        for (int64_t t = 0; t < tasks; t++)
+            k->rows_normalize(&v, x->data, y->data, 0, C, t * rt, imin((t + 1) * rt, M), mean, a, b, 0);
+        return;
+    }
+    const int64_t nb = nk_num_blocks(M);
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+    for (int64_t t = 0; t < C * nb; t++) {
+        const int64_t c = t / nb, r0 = (t % nb) * NK_BLOCK_ELEMS;
+        k->normalize(&v, x->data, y->data, c, r0, imin(r0 + NK_BLOCK_ELEMS, M), mean[c], a[c], b[c], 0);
+    }
 }
 
 /* ---- backward -------------------------------------------------------------------------- */
@@ -480,7 +498,7 @@ static void backward(const nk_ctx *ctx, const nk_gn_geom *g, const nk_tensor *x,
         for (int64_t i = r * CG; i < (r + 1) * CG; i++) w.cm[i] = mean[r];
 
     /* apply reads x and dy, then writes dx at the same element: dx may alias either exactly */
-    if (fuse_units(&u, x->dtype, dx ? 3 : 2)) {
+    if (fuse_units(&u, x->dtype, 2)) {
         const int64_t units = unit_count(&u);
 #pragma omp parallel for num_threads(u.nt) schedule(static) if (u.nt > 1)
         for (int64_t wi = 0; wi < units; wi++) bwd_unit(&u, x, dy, dx, wi, &w);

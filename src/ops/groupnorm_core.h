@@ -60,11 +60,11 @@ int64_t nk_gn_forward_train(const nk_ctx *ctx, const nk_gn_geom *g, double eps, 
                             const nk_tensor *x, const nk_tensor *gamma, const nk_tensor *beta,
                             nk_tensor *y, void *ws, nk_gn_fwd *o);
 
-/* y = (x - mean[i]) * a[i] + b[i] with i = n * ns + c: ns = C for per-(n, c) coefficients,
- * 0 for the same coefficients in every sample (per-channel statistics: running averages).
- * y may alias x exactly. */
-void nk_gn_normalize(const nk_ctx *ctx, const nk_gn_geom *g, const nk_tensor *x, nk_tensor *y,
-                     const double *mean, const double *a, const double *b, int64_t ns);
+/* y = (x - mean[c]) * a[c] + b[c]: per-channel coefficients, the same for every sample
+ * (instance norm's inference from running statistics). y may alias x exactly. */
+void nk_gn_normalize_channels(const nk_ctx *ctx, const nk_gn_geom *g, const nk_tensor *x,
+                              nk_tensor *y, const double *mean, const double *a,
+                              const double *b);
 
 /* The whole backward of both ops after their own parameter checks (op names the messages,
  * G the groups: C for instance norm): validates x, dy, dx, gamma, the saved row statistics

@@ -190,8 +190,7 @@ nk_status nk_instancenorm_forward_inference(nk_ctx *ctx, const nk_instancenorm_p
         nk_vec_load(beta, b);
     else
         for (int64_t c = 0; c < C; c++) b[c] = 0.0;
-    /* per-channel statistics: the same coefficients for every sample */
-    nk_gn_normalize(ctx, &g, x, y, mean, a, b, 0);
+    nk_gn_normalize_channels(ctx, &g, x, y, mean, a, b);
     return NK_OK;
 }
 

@@ -313,7 +313,7 @@ static void free_outputs(outputs *o) {
  * tensor: the per-(n, c, block) partials are the same whether the per-channel kernels or (with
  * the channels innermost) the rows kernels produce them, and they are merged in one order.
  * The shapes make every thread count take both the fused per-unit tasks and the separate
- * passes somewhere (a unit is fused when it fits in L2 and there are >= 2 units per thread). */
+ * passes somewhere (units are fused when they fit in a cache share, >= 2 units per thread). */
 static void test_threads_and_layouts_bitwise(void **state) {
     (void)state;
     static const shape SH[] = {
