@@ -95,11 +95,27 @@ static int64_t rows_per_task(int64_t C) {
  * separate passes. Two units per thread at least keep the threads balanced. */
 #define GN_FUSE_LLC_BYTES ((int64_t)16 << 20)
 
-static int64_t unit_count(const gn_run *u) { return u->rows ? u->g->N : u->g->R; }
+/* Rows per per-channel unit: short rows are grouped up to about one block of values, so that
+ * the latency of a row's statistics (a division and a square root between the kernel calls)
+ * overlaps with the other rows' and the task overhead is amortized. */
+static int64_t unit_rows(const nk_gn_geom *g) {
+    return g->K < NK_BLOCK_ELEMS ? NK_BLOCK_ELEMS / g->K : 1;
+}
+
+static int64_t unit_count(const gn_run *u) {
+    return u->rows ? u->g->N : (u->g->R + unit_rows(u->g) - 1) / unit_rows(u->g);
+}
+
+/* Rows [r0, r1) of per-channel unit w. */
+static inline void unit_span(const nk_gn_geom *g, int64_t w, int64_t *r0, int64_t *r1) {
+    const int64_t ru = unit_rows(g);
+    *r0 = w * ru;
+    *r1 = imin(*r0 + ru, g->R);
+}
 
 /* reread: the tensors the element-wise pass reads again (x; x and dy in the backward) */
 static int fuse_units(const gn_run *u, nk_dtype dt, int reread) {
-    const int64_t vals = u->rows ? u->g->C * u->g->S : u->g->K;
+    const int64_t vals = u->rows ? u->g->C * u->g->S : u->g->K * unit_rows(u->g);
     const int64_t per = (int64_t)nk_dtype_size(dt) * reread * u->nt;
     return vals <= GN_FUSE_LLC_BYTES / per && (u->nt == 1 || unit_count(u) >= 2 * (int64_t)u->nt);
 }
@@ -208,12 +224,12 @@ static void stats_row(const gn_run *u, const double *part, int64_t r, double eps
     invstd[r] = 1.0 / sqrt(var[r] + eps);
 }
 
-/* Per-(n, c) coefficients of the channels [c0, c1) of sample n from the row statistics:
+/* Per-(n, c) coefficients of sample n from the row statistics:
  * cm = mean[r], ca = gamma[c] * invstd[r], cb = beta[c]. */
-static void coeffs_fwd(const nk_gn_geom *g, int64_t n, int64_t c0, int64_t c1,
-                       const double *mean, const double *invstd, const double *gamma,
-                       const double *beta, double *cm, double *ca, double *cb) {
-    for (int64_t c = c0; c < c1; c++) {
+static void coeffs_fwd(const nk_gn_geom *g, int64_t n, const double *mean, const double *invstd,
+                       const double *gamma, const double *beta, double *cm, double *ca,
+                       double *cb) {
+    for (int64_t c = 0; c < g->C; c++) {
         const int64_t r = n * g->G + c / g->CG, i = n * g->C + c;
         cm[i] = mean[r];
         ca[i] = gamma ? gamma[c] * invstd[r] : invstd[r];
@@ -260,7 +276,7 @@ static void normalize_pass(const gn_run *u, const nk_tensor *x, nk_tensor *y, co
     }
 }
 
-/* Fused unit (see GN_FUSE_MAX_BYTES): statistics of unit w, then its normalize. */
+/* Fused unit (see GN_FUSE_LLC_BYTES): statistics of unit w, then its normalize. */
 static void fwd_unit(const gn_run *u, const nk_tensor *x, nk_tensor *y, int64_t w, double eps,
                      const double *gamma, const double *beta, double *part, nk_gn_fwd *o,
                      double *cm, double *ca, double *cb) {
@@ -271,18 +287,22 @@ static void fwd_unit(const gn_run *u, const nk_tensor *x, nk_tensor *y, int64_t 
             for (int64_t ch = 0; ch < nch; ch++) mom_rows(u, x->data, w, b, ch, part);
         for (int64_t r = w * g->G; r < (w + 1) * g->G; r++)
             stats_row(u, part, r, eps, o->mean, o->var, o->invstd);
-        coeffs_fwd(g, w, 0, g->C, o->mean, o->invstd, gamma, beta, cm, ca, cb);
+        coeffs_fwd(g, w, o->mean, o->invstd, gamma, beta, cm, ca, cb);
         const int64_t rt = rows_per_task(g->C), i = w * g->C;
         for (int64_t r0 = w * g->S; r0 < (w + 1) * g->S; r0 += rt)
             norm_rows(u, x, y, r0, imin(r0 + rt, (w + 1) * g->S), cm + i, ca + i, cb + i);
         return;
     }
-    const int64_t n = w / g->G, c0 = (w % g->G) * g->CG; /* row w */
-    for (int64_t c = c0; c < c0 + g->CG; c++) mom_inst(u, x->data, n * g->C + c, part);
-    stats_row(u, part, w, eps, o->mean, o->var, o->invstd);
-    for (int64_t c = c0; c < c0 + g->CG; c++)
-        norm_inst(u, x, y, n * g->C + c, o->mean[w],
-                  gamma ? gamma[c] * o->invstd[w] : o->invstd[w], beta ? beta[c] : 0.0);
+    int64_t r0, r1; /* rows [r0, r1): instances [r0 * CG, r1 * CG) */
+    unit_span(g, w, &r0, &r1);
+    for (int64_t i = r0 * g->CG; i < r1 * g->CG; i++) mom_inst(u, x->data, i, part);
+    for (int64_t r = r0; r < r1; r++) stats_row(u, part, r, eps, o->mean, o->var, o->invstd);
+    for (int64_t r = r0; r < r1; r++) {
+        const int64_t c0 = (r % g->G) * g->CG, i0 = r * g->CG;
+        for (int64_t c = c0; c < c0 + g->CG; c++)
+            norm_inst(u, x, y, i0 + c - c0, o->mean[r],
+                      gamma ? gamma[c] * o->invstd[r] : o->invstd[r], beta ? beta[c] : 0.0);
+    }
 }
 
 int64_t nk_gn_forward_train(const nk_ctx *ctx, const nk_gn_geom *g, double eps, unsigned flags,
@@ -323,7 +343,7 @@ int64_t nk_gn_forward_train(const nk_ctx *ctx, const nk_gn_geom *g, double eps, 
 #pragma omp parallel for num_threads(u.nt) schedule(static) if (u.nt > 1)
         for (int64_t r = 0; r < g->R; r++) stats_row(&u, part, r, eps, o->mean, o->var, o->invstd);
         for (int64_t n = 0; n < g->N; n++)
-            coeffs_fwd(g, n, 0, g->C, o->mean, o->invstd, gm, bt, cm, ca, cb);
+            coeffs_fwd(g, n, o->mean, o->invstd, gm, bt, cm, ca, cb);
         normalize_pass(&u, x, y, cm, ca, cb);
     }
     for (int64_t r = 0; r < g->R; r++) /* a NaN/inf input, or eps = 0 with a constant row */
@@ -466,11 +486,12 @@ static void bwd_unit(const gn_run *u, const nk_tensor *x, const nk_tensor *dy, n
             apply_rows(u, x, dy, dx, r0, imin(r0 + rt, (wi + 1) * g->S), wi, w);
         return;
     }
-    const int64_t i0 = wi * g->CG; /* row wi's first (n, c) */
-    for (int64_t i = i0; i < i0 + g->CG; i++) red_inst(u, x, dy, i, w->mean[wi], w->part);
-    merge_row_bwd(g, u->nb, wi, w);
+    int64_t r0, r1; /* rows [r0, r1): instances [r0 * CG, r1 * CG) */
+    unit_span(g, wi, &r0, &r1);
+    for (int64_t i = r0 * g->CG; i < r1 * g->CG; i++) red_inst(u, x, dy, i, w->cm[i], w->part);
+    for (int64_t r = r0; r < r1; r++) merge_row_bwd(g, u->nb, r, w);
     if (dx)
-        for (int64_t i = i0; i < i0 + g->CG; i++) apply_inst(u, x, dy, dx, i, w);
+        for (int64_t i = r0 * g->CG; i < r1 * g->CG; i++) apply_inst(u, x, dy, dx, i, w);
 }
 
 /* mean (R) is updated in place to the exact row mean recovered from x */
@@ -493,7 +514,7 @@ static void backward(const nk_ctx *ctx, const nk_gn_geom *g, const nk_tensor *x,
     const nk_tensor *ts[4] = {x, dy, dx ? dx : x, x}; /* slot 3 (ReLU mask) unused */
     gn_run u;
     run_init(&u, ctx, g, 4, ts);
-    /* the rows reductions take per-channel means: the saved mean of each (n, c) */
+    /* the reductions take per-(n, c) means: the saved mean of the row of each (n, c) */
     for (int64_t r = 0; r < g->R; r++) /* row r holds instances [r * CG, (r + 1) * CG) */
         for (int64_t i = r * CG; i < (r + 1) * CG; i++) w.cm[i] = mean[r];
 
