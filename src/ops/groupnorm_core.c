@@ -84,8 +84,8 @@ static int64_t rows_per_task(int64_t C) {
     return r > 0 ? r : 1;
 }
 
-/* A unit of work that runs start to end in one task: a row (n, g) in the per-channel
- * decomposition, a sample in the rows one. The reduction reads the unit's x (and dy), and the
+/* A unit of work that runs start to end in one task: consecutive rows (n, g) in the
+ * per-channel decomposition (unit_rows), a sample in the rows one. The reduction reads the unit's x (and dy), and the
  * element-wise pass reads them again while they are still in cache, instead of from memory
  * after the whole tensor has been reduced. The kernels, blocks and merge order are those of
  * the separate passes, so the bits are the same; the choice (which may use the thread count)
