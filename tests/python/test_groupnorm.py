@@ -345,6 +345,41 @@ def test_odd_shapes(params):
         check_instance_norm(_odd_case(seed, shape, groups, dtype, layout, True))
 
 
+@pytest.mark.parametrize("shape,groups", [((3, 70, 5, 6), 10), ((2, 23, 9, 4), 23),
+                                          ((2, 8, 90, 100), 4)])
+def test_channels_last_padded(shape, groups):
+    """Channels innermost with stride 1 but padded batch and spatial axes (a slice of a larger
+    NHWC array: the rows walk over axes that do not merge) and a sliced batch; the same bits
+    as the contiguous copy, close to PyTorch."""
+    rng = np.random.default_rng(17)
+    n, c, h, w = shape
+    values = rng.standard_normal(shape) * 2.0 + 0.5
+    dvals = rng.standard_normal(shape)
+
+    def padded(v):
+        big = np.zeros((2 * n, h + 1, w + 3, c), np.float32)
+        view = big[::2, :h, 1:w + 1, :].transpose(0, 3, 1, 2)
+        view[...] = v
+        return view
+
+    x, dy = padded(values), padded(dvals)
+    assert x.strides[1] == 4 and not x.flags.c_contiguous
+    xc, dyc = np.ascontiguousarray(x), np.ascontiguousarray(dy)
+    wt = rng.uniform(0.5, 1.5, c).astype(np.float32)
+    b = rng.standard_normal(c).astype(np.float32)
+    for t in (1, 2):
+        normkit.set_num_threads(t)
+        got = (group_norm(x, groups, wt, b), *group_norm_backward(dy, x, groups, wt, b))
+        want = (group_norm(xc, groups, wt, b), *group_norm_backward(dyc, xc, groups, wt, b))
+        for k, (a, e) in enumerate(zip(got, want)):
+            assert np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(e).tobytes(), \
+                "output %d: padded channels_last differs from contiguous (%d threads)" % (k, t)
+    normkit.set_num_threads(1)
+    ref = F.group_norm(t64(x), groups, t64(wt), t64(b), 1e-5).numpy()
+    assert_close(got[0], ref, "output", np.float32, "padded channels_last", "y",
+                 scale=output_scale(x, groups, 1e-5, wt, b))
+
+
 # ---------------------------------------------------------------------------------------------
 # Layouts without copies, out=, threads, errors
 # ---------------------------------------------------------------------------------------------
