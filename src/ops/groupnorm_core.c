@@ -188,40 +188,78 @@ static void mom_inst(const gn_run *u, const void *x, int64_t i, double *part) {
     }
 }
 
-/* Row r's statistics from the partials (count n_j, mean m_j, M2_j) of its blocks j, taken in
- * (channel, block) order: the exact two-pass combination
+/* Row r's statistics from the partials (count n_j, mean m_j, M2_j) of its pieces j, taken in
+ * order: the exact two-pass combination
  *   mean = sum n_j m_j / K,   M2 = sum M2_j + sum n_j (m_j - mean)^2
- * which, unlike a chain of Chan updates, needs no division per block (a row of small channels
- * has as many blocks as channels) and measures every deviation from the final mean. */
-static void stats_row(const gn_run *u, const double *part, int64_t r, double eps, double *mean,
-                      double *var, double *invstd) {
-    const nk_gn_geom *g = u->g;
-    const int64_t nb = u->nb;
-    const double *p = &part[2 * r * g->CG * nb], *end = p + 2 * g->CG * nb; /* C = G * CG */
-    if (g->CG * nb == 1) { /* one block (instance norm, S <= B): its moments are the row's */
-        mean[r] = p[0];
-        var[r] = p[1] / (double)g->K;
-        invstd[r] = 1.0 / sqrt(var[r] + eps);
+ * which, unlike a chain of Chan updates, needs no division per piece (a row of small channels
+ * has as many pieces as channels) and measures every deviation from the final mean. The
+ * pieces at p are nrun runs of nb blocks; a run's blocks hold NK_BLOCK_ELEMS values but the
+ * last, which holds `last`. */
+static void combine_row(const double *p, int64_t nrun, int64_t nb, int64_t last, int64_t K,
+                        double eps, double *mean, double *var, double *invstd) {
+    if (nrun * nb == 1) { /* one piece (instance norm, S <= B): its moments are the row's */
+        *mean = p[0];
+        *var = p[1] / (double)K;
+        *invstd = 1.0 / sqrt(*var + eps);
         return;
     }
-    const double full = (double)NK_BLOCK_ELEMS, last = (double)(g->S - (nb - 1) * NK_BLOCK_ELEMS);
+    const double *end = p + 2 * nrun * nb;
+    const double full = (double)NK_BLOCK_ELEMS, nl = (double)last;
     double sum = 0.0, m2 = 0.0;
-    for (const double *q = p; q < end; q += 2 * nb) { /* one channel's blocks */
+    for (const double *q = p; q < end; q += 2 * nb) { /* one run's blocks */
         for (int64_t b = 0; b < nb - 1; b++) sum += full * q[2 * b];
-        sum += last * q[2 * (nb - 1)];
+        sum += nl * q[2 * (nb - 1)];
     }
-    const double mu = sum / (double)g->K;
+    const double mu = sum / (double)K;
     for (const double *q = p; q < end; q += 2 * nb) {
         for (int64_t b = 0; b < nb - 1; b++) {
             const double d = q[2 * b] - mu;
             m2 += q[2 * b + 1] + full * d * d;
         }
         const double d = q[2 * (nb - 1)] - mu;
-        m2 += q[2 * (nb - 1) + 1] + last * d * d;
+        m2 += q[2 * (nb - 1) + 1] + nl * d * d;
     }
-    mean[r] = mu;
-    var[r] = m2 / (double)g->K;
-    invstd[r] = 1.0 / sqrt(var[r] + eps);
+    *mean = mu;
+    *var = m2 / (double)K;
+    *invstd = 1.0 / sqrt(*var + eps);
+}
+
+/* Row r from the per-(n, c, block) pieces of its CG channels (C = G * CG: they start at
+ * instance r * CG). */
+static void stats_row(const gn_run *u, const double *part, int64_t r, double eps, double *mean,
+                      double *var, double *invstd) {
+    const nk_gn_geom *g = u->g;
+    combine_row(&part[2 * r * g->CG * u->nb], g->CG, u->nb, g->S - (u->nb - 1) * NK_BLOCK_ELEMS,
+                g->K, eps, &mean[r], &var[r], &invstd[r]);
+}
+
+/* One value per (n, c) (S = 1: rank 2, or unit spatial axes). Pieces per (n, c) would cost a
+ * kernel call, or a rows kernel's 16-lane tree, per value (~100x a copy); a row's CG values
+ * are reduced instead by the per-channel kernel on the view kept (N, G), reduced (CG): one
+ * call per block of K values of a row, the same pieces in every layout. */
+static void stats_s1(const gn_run *u, const nk_tensor *x, double *part, double eps,
+                     nk_gn_fwd *o) {
+    const nk_gn_geom *g = u->g;
+    nk_vaxis ax[NK_CV_MAXAX];
+    int na = 0;
+    memset(ax, 0, sizeof ax);
+    ax[na].dim = g->N, ax[na].st[0] = x->strides[0], ax[na].kept = 1, na++;
+    /* a size-1 axis is dropped by the view; stride 0 keeps G * CG * sC from overflowing */
+    ax[na].dim = g->G, ax[na].st[0] = g->G > 1 ? g->CG * x->strides[1] : 0, ax[na].kept = 1, na++;
+    ax[na].dim = g->CG, ax[na].st[0] = x->strides[1], ax[na].kept = 0, na++;
+    nk_cview v; /* the spatial axes all have size 1: left out */
+    nk_view_from_axes(&v, 1, na, ax);
+    const int64_t nb = nk_num_blocks(g->K); /* part holds 2 NC >= 2 R nb doubles */
+#pragma omp parallel for num_threads(u->nt) schedule(static) if (u->nt > 1)
+    for (int64_t t = 0; t < g->R * nb; t++) {
+        const int64_t r = t / nb, b0 = (t % nb) * NK_BLOCK_ELEMS;
+        u->k->moments(&v, x->data, r, b0, imin(b0 + NK_BLOCK_ELEMS, g->K), &part[2 * t],
+                      &part[2 * t + 1]);
+    }
+#pragma omp parallel for num_threads(u->nt) schedule(static) if (u->nt > 1)
+    for (int64_t r = 0; r < g->R; r++)
+        combine_row(&part[2 * r * nb], 1, nb, g->K - (nb - 1) * NK_BLOCK_ELEMS, g->K, eps,
+                    &o->mean[r], &o->var[r], &o->invstd[r]);
 }
 
 /* Per-(n, c) coefficients of sample n from the row statistics:
@@ -229,12 +267,13 @@ static void stats_row(const gn_run *u, const double *part, int64_t r, double eps
 static void coeffs_fwd(const nk_gn_geom *g, int64_t n, const double *mean, const double *invstd,
                        const double *gamma, const double *beta, double *cm, double *ca,
                        double *cb) {
-    for (int64_t c = 0; c < g->C; c++) {
-        const int64_t r = n * g->G + c / g->CG, i = n * g->C + c;
-        cm[i] = mean[r];
-        ca[i] = gamma ? gamma[c] * invstd[r] : invstd[r];
-        cb[i] = beta ? beta[c] : 0.0;
-    }
+    const int64_t i0 = n * g->C;
+    for (int64_t r = n * g->G, c = 0; r < (n + 1) * g->G; r++) /* group by group */
+        for (const int64_t c1 = c + g->CG; c < c1; c++) {
+            cm[i0 + c] = mean[r];
+            ca[i0 + c] = gamma ? gamma[c] * invstd[r] : invstd[r];
+            cb[i0 + c] = beta ? beta[c] : 0.0;
+        }
 }
 
 /* y = (x - cm[j]) * ca[j] + cb[j] over rows [r0, r1) of the rows decomposition, j = the
@@ -322,12 +361,14 @@ int64_t nk_gn_forward_train(const nk_ctx *ctx, const nk_gn_geom *g, double eps, 
     const nk_tensor *ts[2] = {x, y};
     gn_run u;
     run_init(&u, ctx, g, 2, ts);
-    if (fuse_units(&u, x->dtype, 1)) {
+    if (g->S > 1 && fuse_units(&u, x->dtype, 1)) {
         const int64_t units = unit_count(&u);
 #pragma omp parallel for num_threads(u.nt) schedule(static) if (u.nt > 1)
         for (int64_t w = 0; w < units; w++) fwd_unit(&u, x, y, w, eps, gm, bt, part, o, cm, ca, cb);
     } else {
-        if (u.rows) { /* (sample, block, channel chunk) tasks */
+        if (g->S == 1) {
+            stats_s1(&u, x, part, eps, o);
+        } else if (u.rows) { /* (sample, block, channel chunk) tasks */
             const int64_t nch = nk_rows_chunks(g->C), per = u.nb * nch;
 #pragma omp parallel for num_threads(u.nt) schedule(static) if (u.nt > 1)
             for (int64_t t = 0; t < g->N * per; t++)
@@ -340,8 +381,12 @@ int64_t nk_gn_forward_train(const nk_ctx *ctx, const nk_gn_geom *g, double eps, 
                 u.k->moments(&u.v, x->data, i, r0, imin(r0 + NK_BLOCK_ELEMS, g->S), &p[0], &p[1]);
             }
         }
+        if (g->S > 1) {
 #pragma omp parallel for num_threads(u.nt) schedule(static) if (u.nt > 1)
-        for (int64_t r = 0; r < g->R; r++) stats_row(&u, part, r, eps, o->mean, o->var, o->invstd);
+            for (int64_t r = 0; r < g->R; r++)
+                stats_row(&u, part, r, eps, o->mean, o->var, o->invstd);
+        }
+#pragma omp parallel for num_threads(u.nt) schedule(static) if (u.nt > 1)
         for (int64_t n = 0; n < g->N; n++)
             coeffs_fwd(g, n, o->mean, o->invstd, gm, bt, cm, ca, cb);
         normalize_pass(&u, x, y, cm, ca, cb);

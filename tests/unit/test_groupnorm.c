@@ -20,14 +20,14 @@ typedef struct shape {
 /* Odd channel counts, spatial 1 / 7 / 17, rank 2 (as PyTorch allows), G = 1 (layer norm over
  * (C, S)), G = C (instance norm), K = 1 (y = beta), rows and channels longer than a block,
  * C = 23 in one group, more channels than one rows chunk (NK_ROWS_CHUNK = 64) with groups
- * that straddle the chunks (CG = 7, 10 groups). */
+ * that straddle the chunks (CG = 7, 10 groups), S = 1 with rows of 3 blocks. */
 static const shape SHAPES[] = {
     {2, {5, 6}, 3},          {2, {4, 6}, 6},          {2, {3, 4}, 1},
     {3, {2, 6, 7}, 2},       {3, {3, 1, 17}, 1},      {3, {1, 23, 5}, 23},
     {3, {2, 4, 1}, 2},       {4, {2, 6, 3, 5}, 3},    {4, {2, 9, 7, 1}, 3},
     {4, {1, 8, 4, 4}, 1},    {5, {2, 4, 2, 3, 3}, 2}, {3, {2, 4, 4100}, 2},
     {3, {1, 2, 9000}, 1},    {3, {2, 23, 7}, 1},      {4, {2, 3, 1, 17}, 3},
-    {3, {2, 70, 5}, 10},
+    {3, {2, 70, 5}, 10},     {2, {2, 17000}, 1},
 };
 #define NSHAPES (sizeof SHAPES / sizeof SHAPES[0])
 
@@ -324,13 +324,16 @@ static void test_threads_and_layouts_bitwise(void **state) {
         /* one sample, C = 68 (64 + 4), 17 channels per group, S = 8200: the rows blocks of
          * the sample are 8192 and 8 rows */
         {3, {1, 68, 8200}, 4},
+        /* S = 1: the statistics come from whole rows (stats_s1), 2 blocks per row */
+        {2, {4, 20000}, 2},
+        {4, {12000, 6, 1, 1}, 3},
     };
     for (size_t s = 0; s < sizeof SH / sizeof SH[0]; s++) {
         const shape *sh = &SH[s];
         int64_t n = 1, S = 1;
         for (int i = 0; i < sh->ndim; i++) n *= sh->dims[i];
         for (int i = 2; i < sh->ndim; i++) S *= sh->dims[i];
-        assert_true(n >= NK_PARALLEL_MIN_ELEMS && S > 256);
+        assert_true(n >= NK_PARALLEL_MIN_ELEMS && (S > 256 || S == 1));
         const int64_t C = sh->dims[1], R = sh->dims[0] * sh->G;
         for (int dt = NK_F32; dt <= NK_F64; dt++) {
             outputs ref = run_all(1, NKT_CONTIG, (nk_dtype)dt, sh, 11);
