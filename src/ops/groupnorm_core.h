@@ -3,20 +3,22 @@
  * allocate or report; the check helpers and nk_gn_backward_op validate and report.
  *
  * x (N, C, S...) in any layout, G groups of CG = C / G consecutive channels, S = prod(S...),
- * one row per (n, g) of K = CG * S values; row r = n * G + g.
- *   statistics: the BN moments engine on the view kept (N, G), reduced (CG, S...): the channel
- *               axis is split into a G axis of stride CG * sC and a CG axis of stride sC.
- *   normalize:  the BN normalize kernel on the view kept (N, C), reduced (S...), with the
- *               per-(n, c) coefficients mean[r], a = gamma[c] * invstd[r], b = beta[c].
- *   backward:   bwd_reduce on the (N, C) view gives s_g[n,c] = sum g, s_gx[n,c] = sum g (x - mean)
- *               and sum (x - mean), which recovers the exact row mean from x when the saved
- *               one was rounded (float32); per row A = sum_{c in g} gamma_c s_gx[n,c],
+ * one row per (n, g) of K = CG * S values; row r = n * G + g; instance i = n * C + c.
+ *   statistics: moments of every (instance, block) of NK_BLOCK_ELEMS values of x[n, c], then
+ *               per row, in (channel, block) order, Chan's merge: mean[r], var[r] = M2 / K.
+ *   normalize:  per instance, y = (x - mean[r]) * a + b with a = gamma[c] * invstd[r],
+ *               b = beta[c].
+ *   backward:   per (instance, block) s_g = sum g, s_gx = sum g (x - mean) and sum (x - mean),
+ *               which recovers the exact row mean from x when the saved one was rounded
+ *               (float32); per row A = sum_{c in g} gamma_c s_gx[n,c],
  *               B = sum_{c in g} gamma_c s_g[n,c]:
  *                 dx = gamma_c invstd g - invstd^3 A / K (x - mean) - invstd B / K   (bwd_apply)
  *                 dgamma_c = sum_n invstd[n,g] s_gx[n,c],  dbeta_c = sum_n s_g[n,c]
- * Values are visited in the logical row-major order of the reduced axes and split into fixed
- * blocks of NK_BLOCK_ELEMS, so results are bitwise identical for any thread count and for
- * every memory layout of the same logical tensor.
+ * The kernels run per (instance, block) on the view kept (N, C), reduced (S...), or, when the
+ * channels are innermost (NHWC), as the rows kernels over x[n] seen as an (S, C) matrix; both
+ * give the same per-(instance, block) partials (kernels.h), merged in the same fixed order, so
+ * results are bitwise identical for any thread count and for every memory layout of the same
+ * logical tensor.
  */
 #ifndef NK_GROUPNORM_CORE_H
 #define NK_GROUPNORM_CORE_H
@@ -58,12 +60,11 @@ int64_t nk_gn_forward_train(const nk_ctx *ctx, const nk_gn_geom *g, double eps, 
                             const nk_tensor *x, const nk_tensor *gamma, const nk_tensor *beta,
                             nk_tensor *y, void *ws, nk_gn_fwd *o);
 
-/* y = (x - mean[i]) * invstd[i] * gamma[c] + beta[c] with i = n * nstride + c / CG:
- * nstride = G for row statistics, 0 for per-channel statistics (G = C, running averages).
- * gamma/beta NULL mean 1/0. y may alias x exactly. */
-void nk_gn_normalize(const nk_ctx *ctx, const nk_gn_geom *g, const nk_tensor *x, nk_tensor *y,
-                     const double *mean, const double *invstd, int64_t nstride,
-                     const double *gamma, const double *beta);
+/* y = (x - mean[c]) * a[c] + b[c]: per-channel coefficients, the same for every sample
+ * (instance norm's inference from running statistics). y may alias x exactly. */
+void nk_gn_normalize_channels(const nk_ctx *ctx, const nk_gn_geom *g, const nk_tensor *x,
+                              nk_tensor *y, const double *mean, const double *a,
+                              const double *b);
 
 /* The whole backward of both ops after their own parameter checks (op names the messages,
  * G the groups: C for instance norm): validates x, dy, dx, gamma, the saved row statistics

@@ -169,23 +169,28 @@ nk_status nk_instancenorm_forward_inference(nk_ctx *ctx, const nk_instancenorm_p
 
     nk_gn_geom g;
     if (nk_gn_geom_init(&g, x, C)) return nk_fail(ctx, NK_ERR_OVERFLOW, "%s: sizes of x overflow int64", OP);
-    void *ws; /* no workspace argument: the context's scratch, 4 arrays of C */
-    if ((s = nk_workspace_get(ctx, OP, NULL, 0, 4 * (size_t)C * sizeof(double), &ws))) return s;
-    double *mean = ws, *invstd = mean + C, *gm = invstd + C, *bt = gm + C;
+    void *ws; /* no workspace argument: the context's scratch, 3 arrays of C */
+    if ((s = nk_workspace_get(ctx, OP, NULL, 0, 3 * (size_t)C * sizeof(double), &ws))) return s;
+    double *mean = ws, *a = mean + C, *b = a + C;
     nk_vec_load(running_mean, mean);
-    nk_vec_load(running_var, invstd);
+    nk_vec_load(running_var, a);
     for (int64_t c = 0; c < C; c++) {
-        if (!(invstd[c] + p->eps > 0) || !isfinite(invstd[c])) /* as batch norm's inference */
+        if (!(a[c] + p->eps > 0) || !isfinite(a[c])) /* as batch norm's inference */
             return nk_fail(ctx, NK_ERR_VALUE,
                            "%s: running_var[%lld] + eps must be finite and > 0, got %g + %g", OP,
-                           (long long)c, invstd[c], p->eps);
-        invstd[c] = 1.0 / sqrt(invstd[c] + p->eps);
+                           (long long)c, a[c], p->eps);
+        a[c] = 1.0 / sqrt(a[c] + p->eps);
     }
-    if (p->flags & NK_NORM_USE_SCALE) nk_vec_load(gamma, gm);
-    if (p->flags & NK_NORM_USE_SHIFT) nk_vec_load(beta, bt);
-    /* per-channel statistics: index c / 1 with no sample stride */
-    nk_gn_normalize(ctx, &g, x, y, mean, invstd, 0, (p->flags & NK_NORM_USE_SCALE) ? gm : NULL,
-                    (p->flags & NK_NORM_USE_SHIFT) ? bt : NULL);
+    /* a = gamma * invstd, b = beta (the training forward's coefficients) */
+    if (p->flags & NK_NORM_USE_SCALE) {
+        nk_vec_load(gamma, b);
+        for (int64_t c = 0; c < C; c++) a[c] = b[c] * a[c];
+    }
+    if (p->flags & NK_NORM_USE_SHIFT)
+        nk_vec_load(beta, b);
+    else
+        for (int64_t c = 0; c < C; c++) b[c] = 0.0;
+    nk_gn_normalize_channels(ctx, &g, x, y, mean, a, b);
     return NK_OK;
 }
 

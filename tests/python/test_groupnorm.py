@@ -241,7 +241,10 @@ def _one_value_per_group_and_sample(x, groups):
 
 @pytest.mark.parametrize("params", GN_GRID, ids=[_id(c) for c in GN_GRID])
 def test_group_norm(params):
-    c = Case(*params)
+    check_group_norm(Case(*params))
+
+
+def check_group_norm(c):
     x, dy, w, b, _, _ = c.data()
     if _one_value_per_group_and_sample(x, c.groups):
         y = group_norm(x, c.groups, w, b, eps=c.eps)
@@ -274,7 +277,10 @@ def test_group_norm(params):
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("params", IN_GRID, ids=[_id(c) for c in IN_GRID])
 def test_instance_norm(params):
-    c = Case(*params)
+    check_instance_norm(Case(*params))
+
+
+def check_instance_norm(c):
     x, dy, w, b, rm, rv = c.data()
     if not c.track:
         rm = rv = None
@@ -304,6 +310,77 @@ def test_instance_norm(params):
 
 
 # ---------------------------------------------------------------------------------------------
+# Odd shapes in every layout: C = 3 and 23 (with and without groups), more channels than one
+# rows chunk of the channels-last kernels (64) with groups straddling the chunks, spatial
+# 1 / 7 / 17, a spatial extent longer than one block (8192), one sample.
+# ---------------------------------------------------------------------------------------------
+ODD_SHAPES = [((2, 3, 17), 3), ((3, 3, 7, 1), 1), ((2, 23, 7), 1), ((2, 23, 17), 23),
+              ((2, 23, 1, 1), 23), ((2, 70, 3, 7), 10), ((1, 96, 17, 17), 32),
+              ((2, 72, 8200), 8), ((1, 130, 1, 7), 13)]
+
+
+def _odd_cases():
+    cases, seed = [], 5000
+    for shape, groups in ODD_SHAPES:
+        for layout in LAYOUTS:
+            for dtype in ("float32", "float64"):
+                cases.append((seed, shape, groups, dtype, layout))
+                seed += 1
+    return cases
+
+
+def _odd_case(seed, shape, groups, dtype, layout, instance):
+    c = Case(seed, len(shape), dtype, layout, seed % 2 == 0, instance)
+    c.shape, c.groups = shape, (shape[1] if instance else groups)
+    return c
+
+
+@pytest.mark.parametrize("params", _odd_cases(),
+                         ids=["%s-g%d-%s-%s" % ("x".join(map(str, p[1])), p[2], p[3][5:], p[4])
+                              for p in _odd_cases()])
+def test_odd_shapes(params):
+    seed, shape, groups, dtype, layout = params
+    check_group_norm(_odd_case(seed, shape, groups, dtype, layout, False))
+    if int(np.prod(shape[2:])) >= 2:  # instance norm trains on more than one value
+        check_instance_norm(_odd_case(seed, shape, groups, dtype, layout, True))
+
+
+@pytest.mark.parametrize("shape,groups", [((3, 70, 5, 6), 10), ((2, 23, 9, 4), 23),
+                                          ((2, 8, 90, 100), 4)])
+def test_channels_last_padded(shape, groups):
+    """Channels innermost with stride 1 but padded batch and spatial axes (a slice of a larger
+    NHWC array: the rows walk over axes that do not merge) and a sliced batch; the same bits
+    as the contiguous copy, close to PyTorch."""
+    rng = np.random.default_rng(17)
+    n, c, h, w = shape
+    values = rng.standard_normal(shape) * 2.0 + 0.5
+    dvals = rng.standard_normal(shape)
+
+    def padded(v):
+        big = np.zeros((2 * n, h + 1, w + 3, c), np.float32)
+        view = big[::2, :h, 1:w + 1, :].transpose(0, 3, 1, 2)
+        view[...] = v
+        return view
+
+    x, dy = padded(values), padded(dvals)
+    assert x.strides[1] == 4 and not x.flags.c_contiguous
+    xc, dyc = np.ascontiguousarray(x), np.ascontiguousarray(dy)
+    wt = rng.uniform(0.5, 1.5, c).astype(np.float32)
+    b = rng.standard_normal(c).astype(np.float32)
+    for t in (1, 2):
+        normkit.set_num_threads(t)
+        got = (group_norm(x, groups, wt, b), *group_norm_backward(dy, x, groups, wt, b))
+        want = (group_norm(xc, groups, wt, b), *group_norm_backward(dyc, xc, groups, wt, b))
+        for k, (a, e) in enumerate(zip(got, want)):
+            assert np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(e).tobytes(), \
+                "output %d: padded channels_last differs from contiguous (%d threads)" % (k, t)
+    normkit.set_num_threads(1)
+    ref = F.group_norm(t64(x), groups, t64(wt), t64(b), 1e-5).numpy()
+    assert_close(got[0], ref, "output", np.float32, "padded channels_last", "y",
+                 scale=output_scale(x, groups, 1e-5, wt, b))
+
+
+# ---------------------------------------------------------------------------------------------
 # Layouts without copies, out=, threads, errors
 # ---------------------------------------------------------------------------------------------
 def test_channels_last_is_not_copied_and_out_in_place():
@@ -329,20 +406,36 @@ def test_channels_last_is_not_copied_and_out_in_place():
     assert np.array_equal(x2, want)
 
 
-def test_threads_bitwise():
+@pytest.mark.parametrize("shape,layout", [((4, 8, 64, 72), "contiguous"),
+                                          ((4, 8, 64, 72), "channels_last"),
+                                          ((2, 72, 30, 31), "channels_last"),
+                                          ((2, 72, 30, 31), "strided")])
+def test_threads_bitwise(shape, layout):
+    """The same bits for 1-4 threads (> 65536 elements, so that threads are used), and the
+    same bits in every layout of the same values."""
     rng = np.random.default_rng(9)
-    x = rng.standard_normal((4, 8, 64, 72)).astype(np.float32)  # > 65536 elements
-    dy = rng.standard_normal(x.shape).astype(np.float32)
-    rm0, rv0 = np.zeros(8, np.float32), np.ones(8, np.float32)
+    values = rng.standard_normal(shape)
+    x = in_layout(values, np.float32, layout)
+    dy = in_layout(rng.standard_normal(shape), np.float32, layout)
+    c = shape[1]
+    rm0, rv0 = np.zeros(c, np.float32), np.ones(c, np.float32)
+    xc, dyc = np.ascontiguousarray(x), np.ascontiguousarray(dy)
     outs = []
     for t in (1, 2, 3, 4):
         normkit.set_num_threads(t)
         rm, rv = rm0.copy(), rv0.copy()
         outs.append((group_norm(x, 4), *group_norm_backward(dy, x, 4),
                      instance_norm(x, rm, rv), rm, rv, *instance_norm_backward(dy, x)))
+    normkit.set_num_threads(1)
+    rm, rv = rm0.copy(), rv0.copy()
+    contiguous = (group_norm(xc, 4), *group_norm_backward(dyc, xc, 4),
+                  instance_norm(xc, rm, rv), rm, rv, *instance_norm_backward(dyc, xc))
     for t, o in enumerate(outs[1:], start=2):
         for k, (a, b) in enumerate(zip(outs[0], o)):
             assert a.tobytes() == b.tobytes(), "output %d differs between 1 and %d threads" % (k, t)
+    for k, (a, b) in enumerate(zip(outs[0], contiguous)):
+        assert np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes(), \
+            "output %d differs between %s and contiguous" % (k, layout)
 
 
 def test_errors():

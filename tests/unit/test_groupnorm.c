@@ -18,13 +18,16 @@ typedef struct shape {
 } shape;
 
 /* Odd channel counts, spatial 1 / 7 / 17, rank 2 (as PyTorch allows), G = 1 (layer norm over
- * (C, S)), G = C (instance norm), K = 1 (y = beta), rows and channels longer than a block. */
+ * (C, S)), G = C (instance norm), K = 1 (y = beta), rows and channels longer than a block,
+ * C = 23 in one group, more channels than one rows chunk (NK_ROWS_CHUNK = 64) with groups
+ * that straddle the chunks (CG = 7, 10 groups), S = 1 with rows of 3 blocks. */
 static const shape SHAPES[] = {
     {2, {5, 6}, 3},          {2, {4, 6}, 6},          {2, {3, 4}, 1},
     {3, {2, 6, 7}, 2},       {3, {3, 1, 17}, 1},      {3, {1, 23, 5}, 23},
     {3, {2, 4, 1}, 2},       {4, {2, 6, 3, 5}, 3},    {4, {2, 9, 7, 1}, 3},
     {4, {1, 8, 4, 4}, 1},    {5, {2, 4, 2, 3, 3}, 2}, {3, {2, 4, 4100}, 2},
-    {3, {1, 2, 9000}, 1},
+    {3, {1, 2, 9000}, 1},    {3, {2, 23, 7}, 1},      {4, {2, 3, 1, 17}, 3},
+    {3, {2, 70, 5}, 10},     {2, {2, 17000}, 1},
 };
 #define NSHAPES (sizeof SHAPES / sizeof SHAPES[0])
 
@@ -307,29 +310,47 @@ static void free_outputs(outputs *o) {
 }
 
 /* Results are bitwise identical for 1..4 threads and for every layout of the same logical
- * tensor (the values of a row are visited in the logical order whatever the strides). */
+ * tensor: the per-(n, c, block) partials are the same whether the per-channel kernels or (with
+ * the channels innermost) the rows kernels produce them, and they are merged in one order.
+ * The shapes make every thread count take both the fused per-unit tasks and the separate
+ * passes somewhere (units are fused when they fit in a cache share, >= 2 units per thread). */
 static void test_threads_and_layouts_bitwise(void **state) {
     (void)state;
-    /* 111744 elements > NK_PARALLEL_MIN_ELEMS; S = 9312 > NK_BLOCK_ELEMS (2 blocks per (n, c));
-     * K = 18624 (3 blocks per row) */
-    static const shape sh = {4, {2, 6, 96, 97}, 3};
-    assert_true(2 * 6 * 96 * 97 >= NK_PARALLEL_MIN_ELEMS && 96 * 97 > NK_BLOCK_ELEMS);
-    const int64_t n = 2 * 6 * 96 * 97, C = 6, R = 2 * 3;
-    for (int dt = NK_F32; dt <= NK_F64; dt++) {
-        outputs ref = run_all(1, NKT_CONTIG, (nk_dtype)dt, &sh, 11);
-        for (int lay = 0; lay < NKT_NUM_LAYOUTS; lay++)
-            for (int t = 1; t <= 4; t++) {
-                if (lay == NKT_CONTIG && t == 1) continue;
-                outputs o = run_all(t, (nkt_layout)lay, (nk_dtype)dt, &sh, 11);
-                NKT_SAME_BYTES("y", o.y, ref.y, (size_t)n * sizeof(double));
-                NKT_SAME_BYTES("save_mean", o.sm, ref.sm, (size_t)R * sizeof(double));
-                NKT_SAME_BYTES("save_invstd", o.si, ref.si, (size_t)R * sizeof(double));
-                NKT_SAME_BYTES("dx", o.dx, ref.dx, (size_t)n * sizeof(double));
-                NKT_SAME_BYTES("dgamma", o.dg, ref.dg, (size_t)C * sizeof(double));
-                NKT_SAME_BYTES("dbeta", o.db, ref.db, (size_t)C * sizeof(double));
-                free_outputs(&o);
-            }
-        free_outputs(&ref);
+    static const shape SH[] = {
+        /* S = 9312 > NK_BLOCK_ELEMS (2 blocks per (n, c)); K = 18624 */
+        {4, {2, 6, 96, 97}, 3},
+        /* C = 72: two rows chunks (64 + 8); 4 samples: fused on 1-2 threads, not on 3-4 */
+        {3, {4, 72, 300}, 8},
+        /* one sample, C = 68 (64 + 4), 17 channels per group, S = 8200: the rows blocks of
+         * the sample are 8192 and 8 rows */
+        {3, {1, 68, 8200}, 4},
+        /* S = 1: the statistics come from whole rows (stats_s1), 2 blocks per row */
+        {2, {4, 20000}, 2},
+        {4, {12000, 6, 1, 1}, 3},
+    };
+    for (size_t s = 0; s < sizeof SH / sizeof SH[0]; s++) {
+        const shape *sh = &SH[s];
+        int64_t n = 1, S = 1;
+        for (int i = 0; i < sh->ndim; i++) n *= sh->dims[i];
+        for (int i = 2; i < sh->ndim; i++) S *= sh->dims[i];
+        assert_true(n >= NK_PARALLEL_MIN_ELEMS && (S > 256 || S == 1));
+        const int64_t C = sh->dims[1], R = sh->dims[0] * sh->G;
+        for (int dt = NK_F32; dt <= NK_F64; dt++) {
+            outputs ref = run_all(1, NKT_CONTIG, (nk_dtype)dt, sh, 11);
+            for (int lay = 0; lay < NKT_NUM_LAYOUTS; lay++)
+                for (int t = 1; t <= 4; t++) {
+                    if (lay == NKT_CONTIG && t == 1) continue;
+                    outputs o = run_all(t, (nkt_layout)lay, (nk_dtype)dt, sh, 11);
+                    NKT_SAME_BYTES("y", o.y, ref.y, (size_t)n * sizeof(double));
+                    NKT_SAME_BYTES("save_mean", o.sm, ref.sm, (size_t)R * sizeof(double));
+                    NKT_SAME_BYTES("save_invstd", o.si, ref.si, (size_t)R * sizeof(double));
+                    NKT_SAME_BYTES("dx", o.dx, ref.dx, (size_t)n * sizeof(double));
+                    NKT_SAME_BYTES("dgamma", o.dg, ref.dg, (size_t)C * sizeof(double));
+                    NKT_SAME_BYTES("dbeta", o.db, ref.db, (size_t)C * sizeof(double));
+                    free_outputs(&o);
+                }
+            free_outputs(&ref);
+        }
     }
 }
 

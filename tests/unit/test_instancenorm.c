@@ -18,10 +18,12 @@ typedef struct shape {
     int64_t dims[5];
 } shape;
 
-/* spatial 2 / 7 / 17, C = 1 / 3 / 23, ranks 3-5, an instance longer than a block */
+/* spatial 2 / 7 / 17, C = 1 / 3 / 23, ranks 3-5, an instance longer than a block, more
+ * channels than one rows chunk (NK_ROWS_CHUNK = 64) */
 static const shape SHAPES[] = {
     {3, {2, 3, 7}},       {3, {1, 1, 17}},    {3, {3, 23, 2}},    {4, {2, 3, 4, 5}},
     {4, {1, 4, 1, 7}},    {4, {3, 2, 7, 3}},  {5, {2, 3, 2, 3, 2}}, {3, {2, 2, 9000}},
+    {3, {2, 70, 3}},
 };
 #define NSHAPES (sizeof SHAPES / sizeof SHAPES[0])
 
@@ -316,31 +318,42 @@ static void free_outputs(outputs *o) {
     free(o->dx), free(o->dg), free(o->db), free(o->yi);
 }
 
+/* Bitwise identical for 1..4 threads and every layout (see test_groupnorm.c: the per-channel
+ * and the rows kernels give the same per-(n, c, block) partials); the shapes take both the
+ * fused per-unit tasks and the separate passes. */
 static void test_threads_and_layouts_bitwise(void **state) {
     (void)state;
-    /* 72000 elements > NK_PARALLEL_MIN_ELEMS, S = 12000 > NK_BLOCK_ELEMS (2 blocks each) */
-    static const shape sh = {4, {2, 3, 100, 120}};
-    assert_true(2 * 3 * 100 * 120 >= NK_PARALLEL_MIN_ELEMS && 100 * 120 > NK_BLOCK_ELEMS);
-    const size_t n = 2 * 3 * 100 * 120 * sizeof(double), C = 3 * sizeof(double),
-                 R = 6 * sizeof(double);
-    for (int dt = NK_F32; dt <= NK_F64; dt++) {
-        outputs ref = run_all(1, NKT_CONTIG, (nk_dtype)dt, &sh);
-        for (int lay = 0; lay < NKT_NUM_LAYOUTS; lay++)
-            for (int t = 1; t <= 4; t++) {
-                if (lay == NKT_CONTIG && t == 1) continue;
-                outputs o = run_all(t, (nkt_layout)lay, (nk_dtype)dt, &sh);
-                NKT_SAME_BYTES("y", o.y, ref.y, n);
-                NKT_SAME_BYTES("save_mean", o.sm, ref.sm, R);
-                NKT_SAME_BYTES("save_invstd", o.si, ref.si, R);
-                NKT_SAME_BYTES("running_mean", o.rm, ref.rm, C);
-                NKT_SAME_BYTES("running_var", o.rv, ref.rv, C);
-                NKT_SAME_BYTES("dx", o.dx, ref.dx, n);
-                NKT_SAME_BYTES("dgamma", o.dg, ref.dg, C);
-                NKT_SAME_BYTES("dbeta", o.db, ref.db, C);
-                NKT_SAME_BYTES("y (inference)", o.yi, ref.yi, n);
-                free_outputs(&o);
-            }
-        free_outputs(&ref);
+    static const shape SH[] = {
+        {4, {2, 3, 100, 120}}, /* S = 12000 > NK_BLOCK_ELEMS (2 blocks each) */
+        {3, {4, 72, 300}},     /* two rows chunks (64 + 8), 4 samples */
+        {3, {1, 68, 8200}},    /* one sample, C = 64 + 4, rows blocks of 8192 and 8 rows */
+    };
+    for (size_t s = 0; s < sizeof SH / sizeof SH[0]; s++) {
+        const shape *sh = &SH[s];
+        size_t numel = 1;
+        for (int i = 0; i < sh->ndim; i++) numel *= (size_t)sh->dims[i];
+        assert_true(numel >= NK_PARALLEL_MIN_ELEMS);
+        const size_t n = numel * sizeof(double), C = (size_t)sh->dims[1] * sizeof(double),
+                     R = (size_t)(sh->dims[0] * sh->dims[1]) * sizeof(double);
+        for (int dt = NK_F32; dt <= NK_F64; dt++) {
+            outputs ref = run_all(1, NKT_CONTIG, (nk_dtype)dt, sh);
+            for (int lay = 0; lay < NKT_NUM_LAYOUTS; lay++)
+                for (int t = 1; t <= 4; t++) {
+                    if (lay == NKT_CONTIG && t == 1) continue;
+                    outputs o = run_all(t, (nkt_layout)lay, (nk_dtype)dt, sh);
+                    NKT_SAME_BYTES("y", o.y, ref.y, n);
+                    NKT_SAME_BYTES("save_mean", o.sm, ref.sm, R);
+                    NKT_SAME_BYTES("save_invstd", o.si, ref.si, R);
+                    NKT_SAME_BYTES("running_mean", o.rm, ref.rm, C);
+                    NKT_SAME_BYTES("running_var", o.rv, ref.rv, C);
+                    NKT_SAME_BYTES("dx", o.dx, ref.dx, n);
+                    NKT_SAME_BYTES("dgamma", o.dg, ref.dg, C);
+                    NKT_SAME_BYTES("dbeta", o.db, ref.db, C);
+                    NKT_SAME_BYTES("y (inference)", o.yi, ref.yi, n);
+                    free_outputs(&o);
+                }
+            free_outputs(&ref);
+        }
     }
 }
 
