@@ -314,8 +314,9 @@ nk_status nk_batchnorm_add_relu_forward_inference(nk_ctx *ctx, const nk_batchnor
 /* Training backward from the forward's y (required: its ReLU mask) and saved statistics:
  *   dz = g,  dx = gamma * invstd * (g - dbeta / M - xhat * dgamma / M),
  *   dbeta = sum g,  dgamma = sum g * xhat,   g = dy where y > 0, else 0.
- * dx, dz, dgamma, dbeta each optional and overwritten. dx or dz may alias dy exactly (not
- * both: dx and dz may not share memory); none may overlap x or y. */
+ * dx, dz, dgamma, dbeta each optional and overwritten. dx and dz may each be exactly dy (or
+ * x, or y: every element is read before it is written) but may not overlap them otherwise,
+ * and dx and dz may not share memory. */
 nk_status nk_batchnorm_add_relu_backward(nk_ctx *ctx, const nk_batchnorm_params *p,
                                          const nk_tensor *x, const nk_tensor *dy,
                                          const nk_tensor *gamma, const nk_tensor *save_mean,
