@@ -125,14 +125,6 @@ static inline int64_t block_end(int64_t r0, int64_t M) {
     return r0 + NK_BLOCK_ELEMS < M ? r0 + NK_BLOCK_ELEMS : M;
 }
 
-/* The second pass of a two-pass op (normalize after the statistics, apply after the backward
- * sums) walks its tasks in the reverse order of the first: a tensor larger than the last-level
- * cache then starts where the first pass ended, on data still in that cache, instead of where
- * the cache has long forgotten it (16x256x56x56 float32 is 51 MB against a 32 MB L3). Each
- * task writes its own outputs from the same coefficients, so the order changes no bits. With
- * a static schedule each thread still gets one contiguous range. */
-static inline int64_t reversed(int64_t t, int64_t tasks) { return tasks - 1 - t; }
-
 /* Block moments of every channel of slot 0 into ws (2 doubles per (channel, block), the
  * layout of nk_moments_merge_blocks), then merged into mom: nk_moments_blocks' tasks, kernels
  * and order (so its bits), with NK_FOR_TASKS instead of an always-entered OpenMP region. */
@@ -159,6 +151,23 @@ static void moments_all(int nt, const nk_bn_kernels *k, const nk_cview *v, const
         });
     }
     for (int64_t c = 0; c < C; c++) mom[c] = nk_moments_merge_blocks(ws, c, M);
+}
+
+/* An element-wise pass (normalize, backward apply) may take any split of a channel's values:
+ * each element's result depends only on it and the channel's coefficients. When the innermost
+ * reduced axis holds contiguous runs of at least NK_RUN_TASK_MIN values (NCHW: the H*W of one
+ * (n, c)), such a pass takes (outer index, channel) runs as tasks in outer-major order, which
+ * walks NCHW memory in address order instead of jumping by C*H*W between the N runs of one
+ * channel's block: 16x256x56x56 float32 inference, 1 thread, 5.3 -> 2.4 ms (min of 20).
+ * Returns the run length L (tasks are [o L, o L + L) of channel c; M = outer * L), or 0. */
+#define NK_RUN_TASK_MIN 1024
+
+static int64_t run_tasks(const nk_cview *v) {
+    const int in = v->nd - 1;
+    if (nk_view_rows(v) || v->dims[in] < NK_RUN_TASK_MIN) return 0;
+    for (int t = 0; t < v->nt; t++)
+        if (v->st[t][in] != 1) return 0;
+    return v->dims[in];
 }
 
 /* The statistics of a channel and the factor a = gamma * invstd of its normalize. */
@@ -189,8 +198,11 @@ static inline void normalize_block(const fwd_pass *f, int64_t c, int64_t r0, int
         f->k->normalize(f->v, f->x, f->y, c, r0, r1, mean, a, b, f->relu);
 }
 
-/* y = (x - mean[c]) * a[c] + b[c] (+ z, ReLU) over every block of every channel, in the
- * reverse order of the statistics pass. */
+/* y = (x - mean[c]) * a[c] + b[c] (+ z, ReLU) over every block of every channel. Walking
+ * the tasks in the reverse order of the statistics pass, so that a tensor larger than the L3
+ * would start on data still cached, was measured slower (16x256x56x56 NHWC float32, 1
+ * thread, fwd-infer min 4.7 ms against 2.6 ms ascending; groups of 32 or 128 tasks reversed,
+ * ascending inside: no gain either): the hardware prefetchers lose more than the L3 gives. */
 static void normalize_all(int nt, const fwd_pass *f, const double *mean, const double *a,
                           const double *b) {
     const nk_cview *v = f->v;
@@ -198,7 +210,7 @@ static void normalize_all(int nt, const fwd_pass *f, const double *mean, const d
     if (nk_view_rows(v)) {
         const int64_t rt = rows_per_task(C), rtasks = (M + rt - 1) / rt;
         NK_FOR_TASKS(nt, t, rtasks, {
-            const int64_t r0 = reversed(t, rtasks) * rt, r1 = r0 + rt < M ? r0 + rt : M;
+            const int64_t r0 = t * rt, r1 = r0 + rt < M ? r0 + rt : M;
             if (f->z)
                 f->rk->rows_fwd(v, f->x, f->z, f->y, 0, C, r0, r1, mean, a, b);
             else
@@ -206,8 +218,17 @@ static void normalize_all(int nt, const fwd_pass *f, const double *mean, const d
         });
         return;
     }
+    const int64_t L = run_tasks(v);
+    if (L) {
+        const int64_t nruns = M / L;
+        NK_FOR_TASKS(nt, t, nruns * C, {
+            const int64_t o = t / C, c = t % C;
+            normalize_block(f, c, o * L, o * L + L, mean[c], a[c], b[c]);
+        });
+        return;
+    }
     NK_FOR_TASKS(nt, t, C * nb, {
-        const int64_t u = reversed(t, C * nb), c = u / nb, r0 = (u % nb) * NK_BLOCK_ELEMS;
+        const int64_t c = t / nb, r0 = (t % nb) * NK_BLOCK_ELEMS;
         normalize_block(f, c, r0, block_end(r0, M), mean[c], a[c], b[c]);
     });
 }
@@ -575,13 +596,12 @@ static nk_status backward_common(nk_ctx *ctx, const char *op, const nk_batchnorm
         if (apply) {
             for (int64_t c = 0; c < C; c++)
                 bwd_coeffs(c, M, batch_stats, g, invstd, sg, sgx, kg, kx, k0);
-            /* the apply pass reads x, dy and y again, in the reverse order of the reduction
-             * (see reversed); dx and dz are written after the reads of each element, so either
-             * may be dy itself */
+            /* the apply pass reads x, dy and y again (ascending: see normalize_all); dx and dz
+             * are written after the reads of each element, so either may be dy itself */
             if (rows) {
                 const int64_t rt = rows_per_task(C), rtasks = (M + rt - 1) / rt;
                 NK_FOR_TASKS(nt, t, rtasks, {
-                    const int64_t r0 = reversed(t, rtasks) * rt, r1 = r0 + rt < M ? r0 + rt : M;
+                    const int64_t r0 = t * rt, r1 = r0 + rt < M ? r0 + rt : M;
                     if (w.rk)
                         w.rk->rows_bwd_apply(&v, w.x, w.dy, w.ym, w.dx, w.dz, 0, C, r0, r1, mu,
                                              kg, kx, k0);
@@ -589,10 +609,15 @@ static nk_status backward_common(nk_ctx *ctx, const char *op, const nk_batchnorm
                         k->rows_bwd_apply(&v, w.x, w.dy, w.ym, w.dx, 0, C, r0, r1, mu, kg, kx,
                                           k0);
                 });
+            } else if (run_tasks(&v)) { /* address order, as in normalize_all */
+                const int64_t L = run_tasks(&v), nruns = M / L;
+                NK_FOR_TASKS(nt, t, nruns * C, {
+                    const int64_t o = t / C, c = t % C;
+                    apply_block(&w, c, o * L, o * L + L, mu[c], kg[c], kx[c], k0[c]);
+                });
             } else {
                 NK_FOR_TASKS(nt, t, C * nb, {
-                    const int64_t u = reversed(t, C * nb), c = u / nb;
-                    const int64_t r0 = (u % nb) * NK_BLOCK_ELEMS;
+                    const int64_t c = t / nb, r0 = (t % nb) * NK_BLOCK_ELEMS;
                     apply_block(&w, c, r0, block_end(r0, M), mu[c], kg[c], kx[c], k0[c]);
                 });
             }
