@@ -57,6 +57,18 @@ static nk_status check_var(nk_ctx *ctx, const char *op, const char *name, const 
     return NK_OK;
 }
 
+/* gamma (C) when flags has NK_BN_USE_SCALE, beta (C) with NK_BN_USE_SHIFT: nk_check_affine's
+ * checks and messages with the flag names as literals (nk_check_affine formats them with two
+ * snprintf calls, ~0.1 us of a 2 us call at 8x64x1x1). */
+static nk_status check_affine(nk_ctx *ctx, const char *op, unsigned flags, int64_t C,
+                              const nk_tensor *gamma, const nk_tensor *beta) {
+    nk_status s = nk_check_vec_if(ctx, op, (flags & NK_BN_USE_SCALE) != 0, "gamma", gamma, C,
+                                  " but NK_BN_USE_SCALE is set");
+    if (s) return s;
+    return nk_check_vec_if(ctx, op, (flags & NK_BN_USE_SHIFT) != 0, "beta", beta, C,
+                           " but NK_BN_USE_SHIFT is set");
+}
+
 /* The residual z of the add+relu forwards: x's dims and dtype, any layout; y may be z itself
  * (in place) but may not overlap it otherwise. */
 static nk_status check_resid(nk_ctx *ctx, const char *op, const nk_tensor *x,
@@ -253,7 +265,7 @@ static nk_status forward_train(nk_ctx *ctx, const char *op, const nk_batchnorm_p
     if ((s = nk_check_alias(ctx, op, "y", y, "x", x))) return s;
     if (z && (s = check_resid(ctx, op, x, z, y))) return s;
     const int64_t C = x->dims[1], M = nk_bn_values_per_channel(x);
-    if ((s = nk_check_affine(ctx, op, "NK_BN", p->flags, C, gamma, beta))) return s;
+    if ((s = check_affine(ctx, op, p->flags, C, gamma, beta))) return s;
     if ((s = nk_check_opt_vec(ctx, op, "save_mean", save_mean, C))) return s;
     if ((s = nk_check_opt_vec(ctx, op, "save_invstd", save_invstd, C))) return s;
     if (!running_mean != !running_var)
@@ -379,7 +391,7 @@ static nk_status forward_inference(nk_ctx *ctx, const char *op, const nk_batchno
     if ((s = nk_check_alias(ctx, op, "y", y, "x", x))) return s;
     if (z && (s = check_resid(ctx, op, x, z, y))) return s;
     const int64_t C = x->dims[1], M = nk_bn_values_per_channel(x);
-    if ((s = nk_check_affine(ctx, op, "NK_BN", p->flags, C, gamma, beta))) return s;
+    if ((s = check_affine(ctx, op, p->flags, C, gamma, beta))) return s;
     if ((s = nk_check_vec(ctx, op, "mean", mean, C))) return s;
     if ((s = nk_check_vec(ctx, op, "var", var, C))) return s;
     if (M == 0 || C == 0) return NK_OK;
@@ -496,7 +508,7 @@ static nk_status backward_common(nk_ctx *ctx, const char *op, const nk_batchnorm
             return nk_fail(ctx, NK_ERR_VALUE, "%s: dx and dz share memory (they are two different gradients)", op);
     }
     const int64_t C = x->dims[1], M = nk_bn_values_per_channel(x);
-    if ((s = nk_check_affine(ctx, op, "NK_BN", p->flags & NK_BN_USE_SCALE, C, gamma, NULL))) return s;
+    if ((s = check_affine(ctx, op, p->flags & NK_BN_USE_SCALE, C, gamma, NULL))) return s;
     if ((s = nk_check_vec(ctx, op, mean_name, mean_t, C))) return s;
     if ((s = nk_check_vec(ctx, op, aux_name, aux_t, C))) return s;
     if ((s = nk_check_opt_vec(ctx, op, "dgamma", dgamma, C))) return s;
