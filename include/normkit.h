@@ -282,6 +282,53 @@ nk_status nk_batchnorm_backward_frozen(nk_ctx *ctx, const nk_batchnorm_params *p
                                        nk_tensor *dgamma, nk_tensor *dbeta, void *workspace,
                                        size_t workspace_size);
 
+/* ---- Fused BN + add + ReLU (the end of a ResNet residual block) ----------------------------
+ * y = max(0, bn(x) + z): batch norm of x (as above, same statistics, running update and
+ * errors), plus the shortcut z, then ReLU, in one pass over x and z (training forward: plus
+ * the statistics pass) instead of three passes and an intermediate tensor. The backward
+ * returns the gradients of both inputs in one pass after its reduction:
+ *   g = dy masked by y > 0 (NaN y passes, as torch.relu),  dz = g,
+ *   dx, dgamma, dbeta = the batch-norm backward of g (as nk_batchnorm_backward).
+ * The sum is formed in double before the one rounding to the element type, so float32 results
+ * may differ from a float32 framework's relu(bn(x) + z) by one rounding of bn(x).
+ * x, z, y (and dy, dx, dz): the same dims and dtype, each in any layout. params as for batch
+ * norm; the ReLU is always applied (NK_BN_FUSE_RELU adds nothing). Bad input returns an error
+ * and writes nothing; results are bitwise identical for any thread count.
+ * Workspace: nk_batchnorm_workspace_size(x) covers the forward and the backward. */
+
+/* Training forward: as nk_batchnorm_forward_train with y = max(0, bn(x) + z). z required;
+ * y may alias x or z exactly (in place), nothing else. */
+nk_status nk_batchnorm_add_relu_forward_train(nk_ctx *ctx, const nk_batchnorm_params *p,
+                                              const nk_tensor *x, const nk_tensor *z,
+                                              const nk_tensor *gamma, const nk_tensor *beta,
+                                              nk_tensor *y, nk_tensor *save_mean,
+                                              nk_tensor *save_invstd, nk_tensor *running_mean,
+                                              nk_tensor *running_var,
+                                              int64_t *num_batches_tracked, void *workspace,
+                                              size_t workspace_size);
+
+/* Inference forward: as nk_batchnorm_forward_inference with y = max(0, bn(x) + z), given
+ * mean and var (C). y may alias x or z exactly. */
+nk_status nk_batchnorm_add_relu_forward_inference(nk_ctx *ctx, const nk_batchnorm_params *p,
+                                                  const nk_tensor *x, const nk_tensor *z,
+                                                  const nk_tensor *gamma, const nk_tensor *beta,
+                                                  const nk_tensor *mean, const nk_tensor *var,
+                                                  nk_tensor *y);
+
+/* Training backward from the forward's y (required: its ReLU mask) and saved statistics:
+ *   dz = g,  dx = gamma * invstd * (g - dbeta / M - xhat * dgamma / M),
+ *   dbeta = sum g,  dgamma = sum g * xhat,   g = dy where y > 0, else 0.
+ * dx, dz, dgamma, dbeta each optional and overwritten. dx and dz may each be exactly dy (or
+ * x, or y: every element is read before it is written) but may not overlap them otherwise,
+ * and dx and dz may not share memory. */
+nk_status nk_batchnorm_add_relu_backward(nk_ctx *ctx, const nk_batchnorm_params *p,
+                                         const nk_tensor *x, const nk_tensor *dy,
+                                         const nk_tensor *gamma, const nk_tensor *save_mean,
+                                         const nk_tensor *save_invstd, const nk_tensor *y,
+                                         nk_tensor *dx, nk_tensor *dz, nk_tensor *dgamma,
+                                         nk_tensor *dbeta, void *workspace,
+                                         size_t workspace_size);
+
 /* ------------------------------------------------------------------------------------------ */
 /* The normalization family                                                                     */
 /* ------------------------------------------------------------------------------------------ */

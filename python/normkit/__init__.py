@@ -14,7 +14,8 @@ The shared library is found via $NORMKIT_LIB, else next to this package
 
 from ._lib import (NormkitError, get_force_ref, get_num_threads, library_path, set_force_ref,
                    set_num_threads)
-from .batchnorm import batch_norm, batch_norm_backward
+from .batchnorm import (batch_norm, batch_norm_add_relu, batch_norm_add_relu_backward,
+                        batch_norm_backward)
 from .groupnorm import group_norm, group_norm_backward, instance_norm, instance_norm_backward
 from .rownorm import (layer_norm, layer_norm_backward, layer_norm_channels,
                       layer_norm_channels_backward, mean_variance_normalization,
@@ -28,7 +29,8 @@ from .variants import (batch_renorm, batch_renorm_backward, batch_renorm_schedul
 
 __version__ = "0.1.0"
 
-__all__ = ["NormkitError", "batch_norm", "batch_norm_backward", "get_num_threads",
+__all__ = ["NormkitError", "batch_norm", "batch_norm_backward", "batch_norm_add_relu",
+           "batch_norm_add_relu_backward", "get_num_threads",
            "set_num_threads", "get_force_ref", "set_force_ref", "library_path",
            "group_norm", "group_norm_backward", "instance_norm", "instance_norm_backward",
            "layer_norm", "layer_norm_backward", "layer_norm_channels",

@@ -82,6 +82,16 @@ _PROTOTYPES = {
         _CTX, _P(NkBatchnormParams), _T, _T, _T,     # x, dy, gamma
         _T, _T, _T,                                  # mean, var, y
         _T, _T, _T, ctypes.c_void_p, ctypes.c_size_t]),  # dx, dgamma, dbeta, workspace
+    "nk_batchnorm_add_relu_forward_train": (ctypes.c_int, [
+        _CTX, _P(NkBatchnormParams), _T, _T, _T, _T, _T,  # ctx, p, x, z, gamma, beta, y
+        _T, _T, _T, _T,                                   # save_mean, save_invstd, rmean, rvar
+        _P(ctypes.c_int64), ctypes.c_void_p, ctypes.c_size_t]),
+    "nk_batchnorm_add_relu_forward_inference": (ctypes.c_int, [
+        _CTX, _P(NkBatchnormParams), _T, _T, _T, _T, _T, _T, _T]),  # x, z, gamma, beta, mean, var, y
+    "nk_batchnorm_add_relu_backward": (ctypes.c_int, [
+        _CTX, _P(NkBatchnormParams), _T, _T, _T,     # x, dy, gamma
+        _T, _T, _T,                                  # save_mean, save_invstd, y
+        _T, _T, _T, _T, ctypes.c_void_p, ctypes.c_size_t]),  # dx, dz, dgamma, dbeta, workspace
 }
 
 

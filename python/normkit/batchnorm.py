@@ -12,6 +12,8 @@
     backward (training=False, fixed running statistics):
                grad_input = weight / sqrt(running_var + eps) * g
     (g = grad_output, masked where the output is <= 0 with fuse_relu)
+    residual block (batch_norm_add_relu): y = max(0, batch_norm(x) + z), one fused pass;
+               grad_residual = g,  grad_input etc. as above,  g = grad_output where y > 0
 """
 
 import ctypes
@@ -238,4 +240,105 @@ def batch_norm_backward(grad_output, input, weight=None, running_mean=None, runn
     return gi, gw, gb
 
 
-__all__ = ["batch_norm", "batch_norm_backward"]
+def batch_norm_add_relu(input, residual, running_mean, running_var, weight=None, bias=None,
+                        training=False, momentum=DEFAULT_MOMENTUM, eps=DEFAULT_EPS, out=None, *,
+                        num_batches_tracked=None):
+    """relu(batch_norm(input, ...) + residual) in one fused pass (the end of a ResNet block).
+
+    Arguments as batch_norm's (running statistics updated in place in training mode, the same
+    errors); residual: an array of input's shape and dtype, any layout. out may be input or
+    residual itself (in place). The sum is formed in double before the one rounding, so
+    float32 results may differ from float32 torch by one rounding of batch_norm(input).
+    """
+    x = _input(input)
+    z = _input(residual, "residual")
+    if z.shape != x.shape:
+        raise ValueError("residual shape %s differs from input shape %s" % (z.shape, x.shape))
+    if z.dtype != x.dtype:
+        raise TypeError("residual dtype %s differs from input dtype %s" % (z.dtype, x.dtype))
+    channels = x.shape[1]
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must both be given or both be None")
+    track = running_mean is not None
+    if not training and not track:
+        raise ValueError("running_mean and running_var are required when training=False")
+    if training and track and momentum is None and num_batches_tracked is None:
+        raise ValueError("momentum=None (cumulative average) needs num_batches_tracked, "
+                         "e.g. np.zeros(1, np.int64), kept across calls")
+    if out is None:
+        y = np.empty_like(x)
+    else:
+        y = check_out(out, "out", x.shape, x.dtype)
+        check_alias(y, "out", x, "input", exact_ok=True)
+        check_alias(y, "out", z, "residual", exact_ok=True)
+    weight, bias = _optional_float(weight, "weight"), _optional_float(bias, "bias")
+    if not (training and track):
+        momentum = DEFAULT_MOMENTUM  # unused, as in batch_norm
+    p = _params(eps, momentum, weight is not None, bias is not None, False)
+    tx, tz = tensor(x, "input"), tensor(z, "residual")
+    ty = tensor(y, "out", writable=True)
+    tg = _optional_channel(weight, "weight", channels)
+    tb = _optional_channel(bias, "bias", channels)
+    if training:
+        trm = trv = counter = None
+        if track:
+            trm = channel_tensor(running_mean, "running_mean", channels, writable=True)
+            trv = channel_tensor(running_var, "running_var", channels, writable=True)
+            if num_batches_tracked is not None:
+                counter = _counter(num_batches_tracked)
+        call(lib.nk_batchnorm_add_relu_forward_train, ctypes.byref(p), ref(tx), ref(tz),
+             ref(tg), ref(tb), ref(ty), None, None, ref(trm), ref(trv), counter, None, 0)
+    else:
+        running_mean = as_float_array(running_mean, "running_mean")
+        running_var = as_float_array(running_var, "running_var")
+        trm = channel_tensor(running_mean, "running_mean", channels)
+        trv = channel_tensor(running_var, "running_var", channels)
+        call(lib.nk_batchnorm_add_relu_forward_inference, ctypes.byref(p), ref(tx), ref(tz),
+             ref(tg), ref(tb), ref(trm), ref(trv), ref(ty))
+    return y
+
+
+def batch_norm_add_relu_backward(grad_output, input, residual, weight=None, bias=None,
+                                 eps=DEFAULT_EPS):
+    """Gradients of batch_norm_add_relu in training mode (batch statistics):
+    returns (grad_input, grad_residual, grad_weight, grad_bias).
+
+    The forward's output (its ReLU mask) and batch statistics are recomputed from input,
+    residual, weight and bias, which must be the forward's. grad_weight / grad_bias are
+    returned also when weight / bias are None (gradients at the implicit scale 1 / shift 0),
+    in weight's dtype (input's when weight is None). Gradients have input's memory layout.
+    """
+    x = _input(input)
+    z = _input(residual, "residual")
+    dy = _input(grad_output, "grad_output")
+    for a, name in ((z, "residual"), (dy, "grad_output")):
+        if a.shape != x.shape:
+            raise ValueError("%s shape %s differs from input shape %s" % (name, a.shape, x.shape))
+        if a.dtype != x.dtype:
+            raise TypeError("%s dtype %s differs from input dtype %s" % (name, a.dtype, x.dtype))
+    channels = x.shape[1]
+    weight, bias = _optional_float(weight, "weight"), _optional_float(bias, "bias")
+    gi, gw, gb = _grad_outputs(None, x, channels,
+                               weight.dtype if weight is not None else x.dtype)
+    gz = np.empty_like(x)
+    p = _params(eps, DEFAULT_MOMENTUM, weight is not None, bias is not None, False)
+    tx, tz, tdy = tensor(x, "input"), tensor(z, "residual"), tensor(dy, "grad_output")
+    tg = _optional_channel(weight, "weight", channels)
+    tb = _optional_channel(bias, "bias", channels)
+    y = np.empty_like(x)
+    save_mean = np.zeros(channels, np.float64)
+    save_invstd = np.zeros(channels, np.float64)
+    ty = tensor(y, "y")
+    tsm, tsi = tensor(save_mean, "save_mean"), tensor(save_invstd, "save_invstd")
+    call(lib.nk_batchnorm_add_relu_forward_train, ctypes.byref(p), ref(tx), ref(tz), ref(tg),
+         ref(tb), ref(ty), ref(tsm), ref(tsi), None, None, None, None, 0)
+    call(lib.nk_batchnorm_add_relu_backward, ctypes.byref(p), ref(tx), ref(tdy), ref(tg),
+         ref(tsm), ref(tsi), ref(ty), ref(tensor(gi, "grad_input", writable=True)),
+         ref(tensor(gz, "grad_residual", writable=True)),
+         ref(channel_tensor(gw, "grad_weight", channels, writable=True)),
+         ref(channel_tensor(gb, "grad_bias", channels, writable=True)), None, 0)
+    return gi, gz, gw, gb
+
+
+__all__ = ["batch_norm", "batch_norm_backward", "batch_norm_add_relu",
+           "batch_norm_add_relu_backward"]

@@ -116,7 +116,7 @@ int nk_rows_slice(const nk_tensor *t, int64_t i0, int64_t n, nk_tensor *out);
  * layouts become one or two loops: BN on NCHW -> (N: stride C*HW) x (HW: stride 1); on NHWC ->
  * (N*H*W: stride C). The values of an instance are visited in a fixed order (the reduced axes'
  * row-major order), which is what makes the fixed-block reductions deterministic. */
-#define NK_CV_MAXT 4
+#define NK_CV_MAXT 5 /* the fused BN + add + ReLU backward: x, dy, dx, y, dz */
 #define NK_CV_MAXAX (NK_MAX_DIMS + 1) /* group norm splits the channel axis in two */
 
 /* One axis of a view before merging: its size, each tensor's stride, kept or reduced. */

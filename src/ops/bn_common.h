@@ -59,4 +59,19 @@ void nk_bn_merge_bwd_parts(double *part, int64_t C, int64_t nb, int64_t count, d
  * its own name: "batchnorm: gamma must ..." becomes "<op>: gamma must ...". Returns s. */
 nk_status nk_rename_error(nk_ctx *ctx, nk_status s, const char *op);
 
+/* Runs `for (int64_t t = 0; t < n; t++) { body }` on nt threads (static schedule, so each
+ * thread takes one contiguous range of tasks), without entering an OpenMP region when nt == 1:
+ * even a region whose if() clause is false costs ~0.3 us in libgomp (measured on the 2-core
+ * EPYC dev machine: 300 ns against 16 ns for the same 64-iteration loop), most of a tiny
+ * call's time. The variable holding the thread count must be named nt. */
+#define NK_FOR_TASKS(nt, t, n, ...)                                                              \
+    do {                                                                                         \
+        if ((nt) > 1) {                                                                          \
+            _Pragma("omp parallel for num_threads(nt) schedule(static)")                         \
+            for (int64_t t = 0; t < (n); t++) { __VA_ARGS__ }                                    \
+        } else {                                                                                 \
+            for (int64_t t = 0; t < (n); t++) { __VA_ARGS__ }                                    \
+        }                                                                                        \
+    } while (0)
+
 #endif
