@@ -6,7 +6,11 @@
  * is converted to double on load, as in the reference.
  *  - Element-wise functions (normalize, bwd_apply) vectorize runs of stride 1 and the channels
  *    of rows; the last few values and other strides take the scalar loop written above each
- *    function, which performs the same operations (so the same bits).
+ *    function, which performs the same operations (so the same bits). They use FMA where the
+ *    reference rounds a product and then adds (kernels.h, numerics): within a stated bound of
+ *    the reference, not its bits.
+ *  - The per-channel functions over runs of stride 1 prefetch the channel's next run while
+ *    they walk one (kernels/simd/ahead.h): NCHW channels are runs of H*W values C*H*W apart.
  *  - Reductions deal the values to the 16 lanes of kernels/simd/lanes16.h by their position in
  *    the block: vectors over runs of stride 1 (masked at the ends of a run that does not start
  *    or end on a multiple of 16), scalar code over other strides (the scalar loop above each
@@ -15,6 +19,7 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "kernels/simd/ahead.h"
 #include "kernels/simd/lanes16.h"
 
 #define NK_SCAT2(a, b) a##b
@@ -55,6 +60,20 @@ NK_VEC_INLINE int64_t SFN(head_)(const T *q, int64_t i, int64_t n) {
     return h < n - i ? h : n - i;
 }
 
+/* The next run of a per-channel walk (kernels/simd/ahead.h) in the tensor at base (slot t):
+ * its first value's address (base if there is none) and its length in *n. */
+NK_VEC_INLINE const T *SFN(next_run_)(nk_ahead *a, const T *base, int t, int64_t *n) {
+    int64_t off[NK_CV_MAXT];
+    *n = nk_ahead_next(a, off);
+    return *n ? base + off[t] : base;
+}
+/* Prefetches the 16 values at p + i of a run of n values (nothing past its end). */
+NK_VEC_INLINE void SFN(fetch16_)(const T *p, int64_t i, int64_t n) {
+    if (i >= n) return;
+    nk_prefetch(p + i);
+    if (sizeof(T) * NK_LANES > 64) nk_prefetch(p + i + 64 / sizeof(T));
+}
+
 /* ---- per (channel, block) -------------------------------------------------------------- */
 
 /* Shifted sums, s = the block's first value (kernels.h, numerics); q = position in the block:
@@ -93,22 +112,27 @@ static void SFN(moments_)(const nk_cview *v, const void *xv, int64_t c, int64_t 
     if (sx == 1) {
         const vd vs = vd_set1(s);
         vd a1[NK_LANE_VECS], a2[NK_LANE_VECS];
+        nk_ahead ah;
+        nk_ahead_begin(&ah, v, c, r0);
         NK_UNROLL for (int k = 0; k < NK_LANE_VECS; k++) a1[k] = a2[k] = vd_zero();
         for (; n; q += n, n = nk_seg_next(&it, off)) {
             const T *p = x + off[0];
-            int64_t i = 0;
+            int64_t i = 0, na;
+            const T *pa = SFN(next_run_)(&ah, x, 0, &na); /* prefetched meanwhile */
             const int ph = (int)(q % NK_LANES);
             if (ph) { /* the run starts inside a chunk */
                 const int hi = n < NK_LANES - ph ? ph + (int)n : NK_LANES;
                 SFN(mom_part_)(SFN(at_)(p, -ph), ph, hi, vs, a1, a2);
                 i = hi - ph;
             }
-            for (; i + NK_LANES <= n; i += NK_LANES)
+            for (; i + NK_LANES <= n; i += NK_LANES) {
+                SFN(fetch16_)(pa, i, na);
                 NK_UNROLL for (int k = 0; k < NK_LANE_VECS; k++) {
                     const vd d = vd_sub(LD(p + i + k * VW), vs);
                     a1[k] = vd_add(a1[k], d);
                     a2[k] = vd_fmadd(d, d, a2[k]);
                 }
+            }
             if (i < n) SFN(mom_part_)(p + i, 0, (int)(n - i), vs, a1, a2);
         }
         S1 = vd_sum16(a1);
@@ -130,13 +154,19 @@ static void SFN(moments_)(const nk_cview *v, const void *xv, int64_t c, int64_t 
     SFN(mom_finish_)(s, S1, S2, (double)(r1 - r0), mean, m2);
 }
 
-/* y = ((x - mean) * a + b), then ReLU, exactly the reference's operations:
+/* y = fma(x - mean, a, b), then ReLU (kernels.h, numerics: not the reference's bits, which
+ * round the product (x - mean) * a before adding b):
  *     for (i = 0; i < n; i++) {
- *         double r = ((double)x[i * sx] - mean) * a + b;
+ *         double r = fma((double)x[i * sx] - mean, a, b);
  *         if (relu && r < 0.0) r = 0.0;
  *         y[i * sy] = (T)r;
  *     } */
-NK_VEC_INLINE vd SFN(affine_)(vd x, vd m, vd a, vd b) { return vd_add(vd_mul(vd_sub(x, m), a), b); }
+NK_VEC_INLINE vd SFN(affine_)(vd x, vd m, vd a, vd b) { return vd_fmadd(vd_sub(x, m), a, b); }
+
+NK_VEC_INLINE double SFN(affine1_)(double x, double m, double a, double b, int relu) {
+    const double r = fma(x - m, a, b);
+    return relu && r < 0.0 ? 0.0 : r;
+}
 
 static void SFN(normalize_)(const nk_cview *v, const void *xv, void *yv, int64_t c, int64_t r0,
                             int64_t r1, double mean, double a, double b, int relu) {
@@ -144,35 +174,42 @@ static void SFN(normalize_)(const nk_cview *v, const void *xv, void *yv, int64_t
     T *y = yv;
     const int in = v->nd - 1;
     const int64_t sx = v->st[0][in], sy = v->st[1][in];
-    const int stream = sx == 1 && sy == 1 && SFN(streams_)(v);
+    const int vec = sx == 1 && sy == 1, stream = vec && SFN(streams_)(v);
     const vd vm = vd_set1(mean), va = vd_set1(a), vb = vd_set1(b);
     nk_seg_iter it;
+    nk_ahead ah;
     int64_t off[NK_CV_MAXT], n;
+    if (vec) nk_ahead_begin(&ah, v, c, r0);
     for (nk_seg_begin(&it, v, c, r0, r1); (n = nk_seg_next(&it, off));) {
         const T *p = x + off[0];
         T *q = y + off[1];
         int64_t i = 0;
-        if (stream) {
-            for (const int64_t h = SFN(head_)(q, 0, n); i < h; i++) {
-                double r = ((double)p[i] - mean) * a + b;
-                if (relu && r < 0.0) r = 0.0;
-                q[i] = (T)r;
+        if (vec) {
+            int64_t na;
+            const T *pa = SFN(next_run_)(&ah, x, 0, &na); /* prefetched meanwhile */
+            if (stream)
+                for (const int64_t h = SFN(head_)(q, 0, n); i < h; i++)
+                    q[i] = (T)SFN(affine1_)((double)p[i], mean, a, b, relu);
+            for (; i + NK_LANES <= n; i += NK_LANES) {
+                SFN(fetch16_)(pa, i, na);
+                NK_UNROLL for (int k = 0; k < NK_LANE_VECS; k++) {
+                    vd o = SFN(affine_)(LD(p + i + k * VW), vm, va, vb);
+                    if (relu) o = vd_relu(o);
+                    if (stream)
+                        SST(q + i + k * VW, o);
+                    else
+                        ST(q + i + k * VW, o);
+                }
             }
-            if (relu)
-                for (; i + VW <= n; i += VW) SST(q + i, vd_relu(SFN(affine_)(LD(p + i), vm, va, vb)));
-            else
-                for (; i + VW <= n; i += VW) SST(q + i, SFN(affine_)(LD(p + i), vm, va, vb));
-        } else if (sx == 1 && sy == 1) {
-            if (relu)
-                for (; i + VW <= n; i += VW) ST(q + i, vd_relu(SFN(affine_)(LD(p + i), vm, va, vb)));
-            else
-                for (; i + VW <= n; i += VW) ST(q + i, SFN(affine_)(LD(p + i), vm, va, vb));
+            for (; i + VW <= n; i += VW) {
+                const vd o = SFN(affine_)(LD(p + i), vm, va, vb);
+                if (stream)
+                    SST(q + i, relu ? vd_relu(o) : o);
+                else
+                    ST(q + i, relu ? vd_relu(o) : o);
+            }
         }
-        for (; i < n; i++) {
-            double r = ((double)p[i * sx] - mean) * a + b;
-            if (relu && r < 0.0) r = 0.0;
-            q[i * sy] = (T)r;
-        }
+        for (; i < n; i++) q[i * sy] = (T)SFN(affine1_)((double)p[i * sx], mean, a, b, relu);
     }
     if (stream) vd_stream_fence();
 }
@@ -258,14 +295,22 @@ static void SFN(bwd_reduce_)(const nk_cview *v, const void *xv, const void *dyv,
     if (sum_x) *sum_x = nk_sum16(X);
 }
 
-/* dx = kg * g + kx * (x - mean) + k0, exactly the reference's operations:
+/* dx = fma(kx, x - mean, fma(kg, g, k0)) (kernels.h, numerics: not the reference's bits,
+ * which round both products and add left to right):
  *     for (i = 0; i < n; i++) {
  *         double g = (double)dy[i * sd];
  *         if (ym && ym[i * sm] <= 0) g = 0.0;
- *         dx[i * so] = (T)(kg * g + kx * ((double)x[i * sx] - mean) + k0);
+ *         dx[i * so] = (T)fma(kx, (double)x[i * sx] - mean, fma(kg, g, k0));
  *     } */
 NK_VEC_INLINE vd SFN(dx_)(vd g, vd x, vd m, vd kg, vd kx, vd k0) {
-    return vd_add(vd_add(vd_mul(kg, g), vd_mul(kx, vd_sub(x, m))), k0);
+    return vd_fmadd(kx, vd_sub(x, m), vd_fmadd(kg, g, k0));
+}
+
+NK_VEC_INLINE double SFN(dx1_)(const T *g, const T *ym, const T *x, double m, double kg,
+                               double kx, double k0) {
+    double gi = (double)*g;
+    if (ym && *ym <= 0) gi = 0.0;
+    return fma(kx, (double)*x - m, fma(kg, gi, k0));
 }
 
 static void SFN(bwd_apply_)(const nk_cview *v, const void *xv, const void *dyv, const void *ymv,
@@ -286,11 +331,8 @@ static void SFN(bwd_apply_)(const nk_cview *v, const void *xv, const void *dyv, 
         T *o = dx + off[2];
         int64_t i = 0;
         if (stream) {
-            for (const int64_t h = SFN(head_)(o, 0, n); i < h; i++) {
-                double gi = (double)g[i];
-                if (m && m[i] <= 0) gi = 0.0;
-                o[i] = (T)(kg * gi + kx * ((double)p[i] - mean) + k0);
-            }
+            for (const int64_t h = SFN(head_)(o, 0, n); i < h; i++)
+                o[i] = (T)SFN(dx1_)(g + i, m ? m + i : NULL, p + i, mean, kg, kx, k0);
             for (; i + VW <= n; i += VW) {
                 vd gv = LD(g + i);
                 if (m) gv = vd_zero_where_le0(gv, LD(m + i));
@@ -303,11 +345,8 @@ static void SFN(bwd_apply_)(const nk_cview *v, const void *xv, const void *dyv, 
                 ST(o + i, SFN(dx_)(gv, LD(p + i), vm, vkg, vkx, vk0));
             }
         }
-        for (; i < n; i++) {
-            double gi = (double)g[i * sd];
-            if (m && m[i * sm] <= 0) gi = 0.0;
-            o[i * so] = (T)(kg * gi + kx * ((double)p[i * sx] - mean) + k0);
-        }
+        for (; i < n; i++)
+            o[i * so] = (T)SFN(dx1_)(g + i * sd, m ? m + i * sm : NULL, p + i * sx, mean, kg, kx, k0);
     }
     if (stream) vd_stream_fence();
 }
@@ -417,7 +456,7 @@ static void SFN(rows_moments_)(const nk_cview *v, const void *xv, int64_t c0, in
 }
 
 /* for each row: for (i = 0; i < nc; i++) {
- *     double o = ((double)x[i] - mean[i]) * a[i] + b[i];
+ *     double o = fma((double)x[i] - mean[i], a[i], b[i]);
  *     if (relu && o < 0.0) o = 0.0;
  *     y[i] = (T)o;
  * } */
@@ -436,30 +475,19 @@ static void SFN(rows_normalize_)(const nk_cview *v, const void *xv, void *yv, in
             const T *p = x + off[0] + r * sx + c0;
             T *q = y + off[1] + r * sy + c0;
             int64_t i = 0;
-            if (stream) {
-                for (const int64_t h = SFN(head_)(q, 0, nc); i < h; i++) {
-                    double o = ((double)p[i] - mean[i]) * a[i] + b[i];
-                    if (relu && o < 0.0) o = 0.0;
-                    q[i] = (T)o;
-                }
-                for (; i + VW <= nc; i += VW) {
-                    vd o = SFN(affine_)(LD(p + i), vd_load_f64(mean + i), vd_load_f64(a + i),
-                                        vd_load_f64(b + i));
-                    SST(q + i, relu ? vd_relu(o) : o);
-                }
-            } else if (relu)
-                for (; i + VW <= nc; i += VW)
-                    ST(q + i, vd_relu(SFN(affine_)(LD(p + i), vd_load_f64(mean + i),
-                                                   vd_load_f64(a + i), vd_load_f64(b + i))));
-            else
-                for (; i + VW <= nc; i += VW)
-                    ST(q + i, SFN(affine_)(LD(p + i), vd_load_f64(mean + i), vd_load_f64(a + i),
-                                           vd_load_f64(b + i)));
-            for (; i < nc; i++) {
-                double o = ((double)p[i] - mean[i]) * a[i] + b[i];
-                if (relu && o < 0.0) o = 0.0;
-                q[i] = (T)o;
+            if (stream)
+                for (const int64_t h = SFN(head_)(q, 0, nc); i < h; i++)
+                    q[i] = (T)SFN(affine1_)((double)p[i], mean[i], a[i], b[i], relu);
+            for (; i + VW <= nc; i += VW) {
+                vd o = SFN(affine_)(LD(p + i), vd_load_f64(mean + i), vd_load_f64(a + i),
+                                    vd_load_f64(b + i));
+                if (relu) o = vd_relu(o);
+                if (stream)
+                    SST(q + i, o);
+                else
+                    ST(q + i, o);
             }
+            for (; i < nc; i++) q[i] = (T)SFN(affine1_)((double)p[i], mean[i], a[i], b[i], relu);
         }
     if (stream) vd_stream_fence();
 }
@@ -552,7 +580,7 @@ static void SFN(rows_bwd_reduce_)(const nk_cview *v, const void *xv, const void 
 /* for each row: for (i = 0; i < nc; i++) {
  *     double g = (double)dy[i];
  *     if (ym && ym[i] <= 0) g = 0.0;
- *     dx[i] = (T)(kg[i] * g + kx[i] * ((double)x[i] - mean[i]) + k0[i]);
+ *     dx[i] = (T)fma(kx[i], (double)x[i] - mean[i], fma(kg[i], g, k0[i]));
  * } */
 static void SFN(rows_bwd_apply_)(const nk_cview *v, const void *xv, const void *dyv,
                                  const void *ymv, void *dxv, int64_t c0, int64_t c1, int64_t r0,
@@ -573,11 +601,8 @@ static void SFN(rows_bwd_apply_)(const nk_cview *v, const void *xv, const void *
             T *o = dx + off[2] + r * so + c0;
             int64_t i = 0;
             if (stream)
-                for (const int64_t h = SFN(head_)(o, 0, nc); i < h; i++) {
-                    double gi = (double)g[i];
-                    if (m && m[i] <= 0) gi = 0.0;
-                    o[i] = (T)(kg[i] * gi + kx[i] * ((double)p[i] - mean[i]) + k0[i]);
-                }
+                for (const int64_t h = SFN(head_)(o, 0, nc); i < h; i++)
+                    o[i] = (T)SFN(dx1_)(g + i, m ? m + i : NULL, p + i, mean[i], kg[i], kx[i], k0[i]);
             for (; i + VW <= nc; i += VW) {
                 vd gv = LD(g + i);
                 if (m) gv = vd_zero_where_le0(gv, LD(m + i));
@@ -588,11 +613,8 @@ static void SFN(rows_bwd_apply_)(const nk_cview *v, const void *xv, const void *
                 else
                     ST(o + i, o8);
             }
-            for (; i < nc; i++) {
-                double gi = (double)g[i];
-                if (m && m[i] <= 0) gi = 0.0;
-                o[i] = (T)(kg[i] * gi + kx[i] * ((double)p[i] - mean[i]) + k0[i]);
-            }
+            for (; i < nc; i++)
+                o[i] = (T)SFN(dx1_)(g + i, m ? m + i : NULL, p + i, mean[i], kg[i], kx[i], k0[i]);
         }
     if (stream) vd_stream_fence();
 }
