@@ -1,11 +1,22 @@
-/* Software prefetch of the next run of a per-channel walk.
+/* Software prefetch for the per-channel kernels: while a kernel walks the runs of its block,
+ * walkers over the same view issue the loads of data it will need soon.
  *
- * Why: a channel of an NCHW tensor is N runs of H*W values, C*H*W apart in memory, and the
- * per-channel kernels walk them in that order. The hardware prefetchers lose the stream at
- * each jump to the next run and need a few demand misses to pick it up again. So while a
- * kernel walks one run, it prefetches the next one (past the end of its block too: into the
- * channel's next block and then the next channel, which the same thread usually takes next)
- * at the same position: one prefetch per 64 bytes, one run ahead.
+ * Why: a channel of an NCHW tensor is N runs of H*W values, C*H*W apart in memory. The
+ * hardware prefetchers lose the stream at each jump to the next run and need a few demand
+ * misses to pick it up again; measured on 16x256x56x56 float32 (runs of 12.5 KB), the
+ * per-channel moments took 3.2 ms against 1.6 ms over the same tensor as one contiguous run.
+ *
+ * Two walkers, both at the kernel's position in the run it walks:
+ *  - NK_AHEAD_RUN: the channel's next run (past the end of the block too, into the next
+ *    block and then the next channel), one run ahead;
+ *  - NK_AHEAD_CHANNEL, for channels of at most NK_AHEAD_CHANNEL_BYTES (summed over the
+ *    tensors the kernel reads): the same run of the next channel, which the same thread
+ *    takes next. A training forward or backward that keeps a channel in L2 between its two
+ *    passes (batchnorm.c, fuse_channels) then reads memory during both passes, and the reads
+ *    overlap the second pass's writes. Two channels must fit in L2 together: half of 1 MiB.
+ * Measured (16x256x56x56 float32, 1 thread, ratio to a copy or add): fused forward 1.44 with
+ * the run walker alone, 1.13-1.21 with both; normalize alone 1.02 with the run walker, 1.09
+ * with the channel walker alone, 0.90-0.93 with both.
  *
  * Prefetches are hints: they never fault and never change a result. */
 #ifndef NK_AHEAD_H
@@ -15,28 +26,46 @@
 
 #include "core/internal.h"
 
+/* Channels of at most this many bytes (summed over the tensors a kernel reads) are fetched a
+ * whole channel ahead (see above). */
+#define NK_AHEAD_CHANNEL_BYTES ((int64_t)512 << 10)
+
+typedef enum { NK_AHEAD_RUN = 0, NK_AHEAD_CHANNEL = 1 } nk_ahead_kind;
+
 typedef struct nk_ahead {
     const nk_cview *v;
-    nk_seg_iter it; /* the runs of channel c from the walk's first value to the channel's end */
-    int64_t c;
+    nk_seg_iter it;
+    int64_t c;     /* the walker's channel */
+    int next_run;  /* NK_AHEAD_RUN */
+    int done;      /* nothing left to fetch */
 } nk_ahead;
 
-/* A walk of channel c from value r: the first nk_ahead_next is the run after r's run. */
-static inline void nk_ahead_begin(nk_ahead *a, const nk_cview *v, int64_t c, int64_t r) {
-    int64_t off[NK_CV_MAXT];
+/* A walker of kind k for a kernel that walks values [r, ...) of channel c and reads `bytes`
+ * bytes per value (the sum of the element sizes of the tensors it reads). */
+static inline void nk_ahead_begin(nk_ahead *a, nk_ahead_kind k, const nk_cview *v, int64_t c,
+                                  int64_t r, int64_t bytes) {
     a->v = v;
-    a->c = c;
-    nk_seg_begin(&a->it, v, c, r, v->M);
-    (void)nk_seg_next(&a->it, off);
+    a->next_run = k == NK_AHEAD_RUN;
+    a->c = a->next_run ? c : c + 1;
+    a->done = a->c >= v->C || (!a->next_run && v->M * bytes > NK_AHEAD_CHANNEL_BYTES);
+    if (a->done) return;
+    nk_seg_begin(&a->it, v, a->c, r, v->M);
+    if (a->next_run) { /* the kernel's own first run: skipped */
+        int64_t off[NK_CV_MAXT];
+        (void)nk_seg_next(&a->it, off);
+    }
 }
 
-/* The run after the previous one (offsets in off): its length, 0 past the last channel. */
+/* The run to fetch while the kernel walks its next run: its length (0: none) and its element
+ * offsets in off. */
 static inline int64_t nk_ahead_next(nk_ahead *a, int64_t *off) {
+    if (a->done) return 0;
     int64_t n = nk_seg_next(&a->it, off);
-    if (!n && a->c + 1 < a->v->C) {
+    if (!n && a->next_run && a->c + 1 < a->v->C) {
         nk_seg_begin(&a->it, a->v, ++a->c, 0, a->v->M);
         n = nk_seg_next(&a->it, off);
     }
+    a->done = n == 0;
     return n;
 }
 

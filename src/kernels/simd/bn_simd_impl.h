@@ -60,18 +60,44 @@ NK_VEC_INLINE int64_t SFN(head_)(const T *q, int64_t i, int64_t n) {
     return h < n - i ? h : n - i;
 }
 
-/* The next run of a per-channel walk (kernels/simd/ahead.h) in the tensor at base (slot t):
- * its first value's address (base if there is none) and its length in *n. */
-NK_VEC_INLINE const T *SFN(next_run_)(nk_ahead *a, const T *base, int t, int64_t *n) {
-    int64_t off[NK_CV_MAXT];
-    *n = nk_ahead_next(a, off);
-    return *n ? base + off[t] : base;
+/* Prefetch (kernels/simd/ahead.h): the two walkers w[2] of a per-channel kernel and, for each
+ * run the kernel walks, the runs they fetch meanwhile (pfr_) in up to 3 tensors: x, dy and
+ * ymask, slots 0, 1 and 3 of the view. pfr_ stays in registers: the walkers, which call
+ * nk_seg_next, are touched once per run only. */
+typedef struct SFN(pfr_) {
+    const T *p[2][3];
+    int64_t n[2];
+} SFN(pfr_);
+
+NK_VEC_INLINE void SFN(pf_begin_)(nk_ahead *w, const nk_cview *v, int64_t c, int64_t r0,
+                                  int nts) {
+    for (int k = 0; k < 2; k++)
+        nk_ahead_begin(&w[k], (nk_ahead_kind)k, v, c, r0, nts * (int64_t)sizeof(T));
 }
-/* Prefetches the 16 values at p + i of a run of n values (nothing past its end). */
-NK_VEC_INLINE void SFN(fetch16_)(const T *p, int64_t i, int64_t n) {
-    if (i >= n) return;
-    nk_prefetch(p + i);
-    if (sizeof(T) * NK_LANES > 64) nk_prefetch(p + i + 64 / sizeof(T));
+
+/* At the start of each run of the kernel: the walkers' next runs in the tensors at b. */
+NK_VEC_INLINE SFN(pfr_) SFN(pf_run_)(nk_ahead *w, const T *const *b, int nts) {
+    static const int slot[3] = {0, 1, 3};
+    SFN(pfr_) r;
+    for (int k = 0; k < 2; k++) {
+        int64_t off[NK_CV_MAXT];
+        r.n[k] = nk_ahead_next(&w[k], off);
+        for (int t = 0; t < nts; t++) r.p[k][t] = r.n[k] ? b[t] + off[slot[t]] : b[t];
+    }
+    if (r.n[1] && r.p[1][0] == r.p[0][0]) r.n[1] = 0; /* both at the same run: once */
+    return r;
+}
+
+/* Prefetches the 16 values at position i of the runs in r (nothing past their ends) in the
+ * tensors [t0, t1). */
+NK_VEC_INLINE void SFN(pf_fetch_)(const SFN(pfr_) *r, int64_t i, int t0, int t1) {
+    for (int k = 0; k < 2; k++) {
+        if (i >= r->n[k]) continue;
+        for (int t = t0; t < t1; t++) {
+            nk_prefetch(r->p[k][t] + i);
+            if (sizeof(T) * NK_LANES > 64) nk_prefetch(r->p[k][t] + i + 64 / sizeof(T));
+        }
+    }
 }
 
 /* ---- per (channel, block) -------------------------------------------------------------- */
@@ -112,13 +138,13 @@ static void SFN(moments_)(const nk_cview *v, const void *xv, int64_t c, int64_t 
     if (sx == 1) {
         const vd vs = vd_set1(s);
         vd a1[NK_LANE_VECS], a2[NK_LANE_VECS];
-        nk_ahead ah;
-        nk_ahead_begin(&ah, v, c, r0);
+        nk_ahead pw[2];
+        SFN(pf_begin_)(pw, v, c, r0, 1);
         NK_UNROLL for (int k = 0; k < NK_LANE_VECS; k++) a1[k] = a2[k] = vd_zero();
         for (; n; q += n, n = nk_seg_next(&it, off)) {
             const T *p = x + off[0];
-            int64_t i = 0, na;
-            const T *pa = SFN(next_run_)(&ah, x, 0, &na); /* prefetched meanwhile */
+            int64_t i = 0;
+            const SFN(pfr_) pr = SFN(pf_run_)(pw, &x, 1);
             const int ph = (int)(q % NK_LANES);
             if (ph) { /* the run starts inside a chunk */
                 const int hi = n < NK_LANES - ph ? ph + (int)n : NK_LANES;
@@ -126,7 +152,7 @@ static void SFN(moments_)(const nk_cview *v, const void *xv, int64_t c, int64_t 
                 i = hi - ph;
             }
             for (; i + NK_LANES <= n; i += NK_LANES) {
-                SFN(fetch16_)(pa, i, na);
+                SFN(pf_fetch_)(&pr, i, 0, 1);
                 NK_UNROLL for (int k = 0; k < NK_LANE_VECS; k++) {
                     const vd d = vd_sub(LD(p + i + k * VW), vs);
                     a1[k] = vd_add(a1[k], d);
@@ -168,6 +194,32 @@ NK_VEC_INLINE double SFN(affine1_)(double x, double m, double a, double b, int r
     return relu && r < 0.0 ? 0.0 : r;
 }
 
+/* The vectors of a run of stride 1 from value i on, 16 values per step (one prefetch step),
+ * then VW; returns where it stopped. stream and relu are constants where it is inlined. */
+NK_VEC_INLINE int64_t SFN(norm_vec_)(const T *p, T *q, int64_t i, int64_t n, vd vm, vd va, vd vb,
+                                     const SFN(pfr_) *pr, const int stream, const int relu) {
+    for (; i + NK_LANES <= n; i += NK_LANES) {
+        SFN(pf_fetch_)(pr, i, 0, 1);
+        NK_UNROLL for (int k = 0; k < NK_LANE_VECS; k++) {
+            vd o = SFN(affine_)(LD(p + i + k * VW), vm, va, vb);
+            if (relu) o = vd_relu(o);
+            if (stream)
+                SST(q + i + k * VW, o);
+            else
+                ST(q + i + k * VW, o);
+        }
+    }
+    for (; i + VW <= n; i += VW) {
+        vd o = SFN(affine_)(LD(p + i), vm, va, vb);
+        if (relu) o = vd_relu(o);
+        if (stream)
+            SST(q + i, o);
+        else
+            ST(q + i, o);
+    }
+    return i;
+}
+
 static void SFN(normalize_)(const nk_cview *v, const void *xv, void *yv, int64_t c, int64_t r0,
                             int64_t r1, double mean, double a, double b, int relu) {
     const T *x = xv;
@@ -177,36 +229,23 @@ static void SFN(normalize_)(const nk_cview *v, const void *xv, void *yv, int64_t
     const int vec = sx == 1 && sy == 1, stream = vec && SFN(streams_)(v);
     const vd vm = vd_set1(mean), va = vd_set1(a), vb = vd_set1(b);
     nk_seg_iter it;
-    nk_ahead ah;
+    nk_ahead pw[2];
     int64_t off[NK_CV_MAXT], n;
-    if (vec) nk_ahead_begin(&ah, v, c, r0);
+    if (vec) SFN(pf_begin_)(pw, v, c, r0, 1);
     for (nk_seg_begin(&it, v, c, r0, r1); (n = nk_seg_next(&it, off));) {
         const T *p = x + off[0];
         T *q = y + off[1];
         int64_t i = 0;
         if (vec) {
-            int64_t na;
-            const T *pa = SFN(next_run_)(&ah, x, 0, &na); /* prefetched meanwhile */
-            if (stream)
+            const SFN(pfr_) pr = SFN(pf_run_)(pw, &x, 1);
+            if (stream) {
                 for (const int64_t h = SFN(head_)(q, 0, n); i < h; i++)
                     q[i] = (T)SFN(affine1_)((double)p[i], mean, a, b, relu);
-            for (; i + NK_LANES <= n; i += NK_LANES) {
-                SFN(fetch16_)(pa, i, na);
-                NK_UNROLL for (int k = 0; k < NK_LANE_VECS; k++) {
-                    vd o = SFN(affine_)(LD(p + i + k * VW), vm, va, vb);
-                    if (relu) o = vd_relu(o);
-                    if (stream)
-                        SST(q + i + k * VW, o);
-                    else
-                        ST(q + i + k * VW, o);
-                }
-            }
-            for (; i + VW <= n; i += VW) {
-                const vd o = SFN(affine_)(LD(p + i), vm, va, vb);
-                if (stream)
-                    SST(q + i, relu ? vd_relu(o) : o);
-                else
-                    ST(q + i, relu ? vd_relu(o) : o);
+                i = relu ? SFN(norm_vec_)(p, q, i, n, vm, va, vb, &pr, 1, 1)
+                         : SFN(norm_vec_)(p, q, i, n, vm, va, vb, &pr, 1, 0);
+            } else {
+                i = relu ? SFN(norm_vec_)(p, q, i, n, vm, va, vb, &pr, 0, 1)
+                         : SFN(norm_vec_)(p, q, i, n, vm, va, vb, &pr, 0, 0);
             }
         }
         for (; i < n; i++) q[i * sy] = (T)SFN(affine1_)((double)p[i * sx], mean, a, b, relu);
@@ -248,11 +287,15 @@ static void SFN(bwd_reduce_)(const nk_cview *v, const void *xv, const void *dyv,
     if (sx == 1 && sd == 1 && (!ym || sm == 1)) {
         const vd vm = vd_set1(mean);
         SFN(bwd_acc_) A;
+        const T *const bases[3] = {x, dy, ym};
+        nk_ahead pw[2];
+        SFN(pf_begin_)(pw, v, c, r0, ym ? 3 : 2);
         NK_UNROLL for (int k = 0; k < NK_LANE_VECS; k++) A.g[k] = A.gx[k] = A.x[k] = vd_zero();
         for (nk_seg_begin(&it, v, c, r0, r1); (n = nk_seg_next(&it, off)); q += n) {
             const T *p = x + off[0], *g = dy + off[1];
             const T *m = ym ? ym + off[3] : NULL;
             int64_t i = 0;
+            const SFN(pfr_) pr = SFN(pf_run_)(pw, bases, m ? 3 : 2);
             const int ph = (int)(q % NK_LANES);
             if (ph) {
                 const int hi = n < NK_LANES - ph ? ph + (int)n : NK_LANES;
@@ -260,7 +303,9 @@ static void SFN(bwd_reduce_)(const nk_cview *v, const void *xv, const void *dyv,
                                ph, hi, vm, &A);
                 i = hi - ph;
             }
-            for (; i + NK_LANES <= n; i += NK_LANES)
+            for (; i + NK_LANES <= n; i += NK_LANES) {
+                SFN(pf_fetch_)(&pr, i, 0, 2);
+                if (m) SFN(pf_fetch_)(&pr, i, 2, 3);
                 NK_UNROLL for (int k = 0; k < NK_LANE_VECS; k++) {
                     vd gv = LD(g + i + k * VW);
                     if (m) gv = vd_zero_where_le0(gv, LD(m + i + k * VW));
@@ -269,6 +314,7 @@ static void SFN(bwd_reduce_)(const nk_cview *v, const void *xv, const void *dyv,
                     A.gx[k] = vd_fmadd(gv, d, A.gx[k]);
                     A.x[k] = vd_add(A.x[k], d);
                 }
+            }
             if (i < n) SFN(bwd_part_)(p + i, g + i, m ? m + i : NULL, 0, (int)(n - i), vm, &A);
         }
         *sum_g = vd_sum16(A.g);
@@ -313,6 +359,36 @@ NK_VEC_INLINE double SFN(dx1_)(const T *g, const T *ym, const T *x, double m, do
     return fma(kx, (double)*x - m, fma(kg, gi, k0));
 }
 
+/* The vectors of a run of stride 1 from value i on, 16 values per step (one prefetch step),
+ * then VW; returns where it stopped. stream is a constant where it is inlined. */
+NK_VEC_INLINE int64_t SFN(dx_vec_)(const T *p, const T *g, const T *m, T *o, int64_t i,
+                                   int64_t n, vd vm, vd vkg, vd vkx, vd vk0,
+                                   const SFN(pfr_) *pr, const int stream) {
+    for (; i + NK_LANES <= n; i += NK_LANES) {
+        SFN(pf_fetch_)(pr, i, 0, 2);
+        if (m) SFN(pf_fetch_)(pr, i, 2, 3);
+        NK_UNROLL for (int k = 0; k < NK_LANE_VECS; k++) {
+            vd gv = LD(g + i + k * VW);
+            if (m) gv = vd_zero_where_le0(gv, LD(m + i + k * VW));
+            const vd o8 = SFN(dx_)(gv, LD(p + i + k * VW), vm, vkg, vkx, vk0);
+            if (stream)
+                SST(o + i + k * VW, o8);
+            else
+                ST(o + i + k * VW, o8);
+        }
+    }
+    for (; i + VW <= n; i += VW) {
+        vd gv = LD(g + i);
+        if (m) gv = vd_zero_where_le0(gv, LD(m + i));
+        const vd o8 = SFN(dx_)(gv, LD(p + i), vm, vkg, vkx, vk0);
+        if (stream)
+            SST(o + i, o8);
+        else
+            ST(o + i, o8);
+    }
+    return i;
+}
+
 static void SFN(bwd_apply_)(const nk_cview *v, const void *xv, const void *dyv, const void *ymv,
                             void *dxv, int64_t c, int64_t r0, int64_t r1, double mean, double kg,
                             double kx, double k0) {
@@ -323,26 +399,24 @@ static void SFN(bwd_apply_)(const nk_cview *v, const void *xv, const void *dyv, 
     const vd vm = vd_set1(mean), vkg = vd_set1(kg), vkx = vd_set1(kx), vk0 = vd_set1(k0);
     const int vec = sx == 1 && sd == 1 && so == 1 && (!ym || sm == 1);
     const int stream = vec && SFN(streams_)(v);
+    const T *const bases[3] = {x, dy, ym};
     nk_seg_iter it;
+    nk_ahead pw[2];
     int64_t off[NK_CV_MAXT], n;
+    if (vec) SFN(pf_begin_)(pw, v, c, r0, ym ? 3 : 2);
     for (nk_seg_begin(&it, v, c, r0, r1); (n = nk_seg_next(&it, off));) {
         const T *p = x + off[0], *g = dy + off[1];
         const T *m = ym ? ym + off[3] : NULL;
         T *o = dx + off[2];
         int64_t i = 0;
-        if (stream) {
-            for (const int64_t h = SFN(head_)(o, 0, n); i < h; i++)
-                o[i] = (T)SFN(dx1_)(g + i, m ? m + i : NULL, p + i, mean, kg, kx, k0);
-            for (; i + VW <= n; i += VW) {
-                vd gv = LD(g + i);
-                if (m) gv = vd_zero_where_le0(gv, LD(m + i));
-                SST(o + i, SFN(dx_)(gv, LD(p + i), vm, vkg, vkx, vk0));
-            }
-        } else if (vec) {
-            for (; i + VW <= n; i += VW) {
-                vd gv = LD(g + i);
-                if (m) gv = vd_zero_where_le0(gv, LD(m + i));
-                ST(o + i, SFN(dx_)(gv, LD(p + i), vm, vkg, vkx, vk0));
+        if (vec) {
+            const SFN(pfr_) pr = SFN(pf_run_)(pw, bases, m ? 3 : 2);
+            if (stream) {
+                for (const int64_t h = SFN(head_)(o, 0, n); i < h; i++)
+                    o[i] = (T)SFN(dx1_)(g + i, m ? m + i : NULL, p + i, mean, kg, kx, k0);
+                i = SFN(dx_vec_)(p, g, m, o, i, n, vm, vkg, vkx, vk0, &pr, 1);
+            } else {
+                i = SFN(dx_vec_)(p, g, m, o, i, n, vm, vkg, vkx, vk0, &pr, 0);
             }
         }
         for (; i < n; i++)
