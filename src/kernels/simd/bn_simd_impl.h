@@ -69,10 +69,12 @@ typedef struct SFN(pfr_) {
     int64_t n[2];
 } SFN(pfr_);
 
+/* chan: the next-channel walker too (the element-wise passes only, see ahead.h). */
 NK_VEC_INLINE void SFN(pf_begin_)(nk_ahead *w, const nk_cview *v, int64_t c, int64_t r0,
-                                  int nts) {
-    for (int k = 0; k < 2; k++)
-        nk_ahead_begin(&w[k], (nk_ahead_kind)k, v, c, r0, nts * (int64_t)sizeof(T));
+                                  int nts, int chan) {
+    nk_ahead_begin(&w[0], NK_AHEAD_RUN, v, c, r0, nts * (int64_t)sizeof(T));
+    nk_ahead_begin(&w[1], NK_AHEAD_CHANNEL, v, c, r0,
+                   chan ? nts * (int64_t)sizeof(T) : NK_AHEAD_CHANNEL_BYTES + 1);
 }
 
 /* At the start of each run of the kernel: the walkers' next runs in the tensors at b. */
@@ -139,7 +141,7 @@ static void SFN(moments_)(const nk_cview *v, const void *xv, int64_t c, int64_t 
         const vd vs = vd_set1(s);
         vd a1[NK_LANE_VECS], a2[NK_LANE_VECS];
         nk_ahead pw[2];
-        SFN(pf_begin_)(pw, v, c, r0, 1);
+        SFN(pf_begin_)(pw, v, c, r0, 1, 0);
         NK_UNROLL for (int k = 0; k < NK_LANE_VECS; k++) a1[k] = a2[k] = vd_zero();
         for (; n; q += n, n = nk_seg_next(&it, off)) {
             const T *p = x + off[0];
@@ -231,7 +233,7 @@ static void SFN(normalize_)(const nk_cview *v, const void *xv, void *yv, int64_t
     nk_seg_iter it;
     nk_ahead pw[2];
     int64_t off[NK_CV_MAXT], n;
-    if (vec) SFN(pf_begin_)(pw, v, c, r0, 1);
+    if (vec) SFN(pf_begin_)(pw, v, c, r0, 1, 1);
     for (nk_seg_begin(&it, v, c, r0, r1); (n = nk_seg_next(&it, off));) {
         const T *p = x + off[0];
         T *q = y + off[1];
@@ -289,7 +291,7 @@ static void SFN(bwd_reduce_)(const nk_cview *v, const void *xv, const void *dyv,
         SFN(bwd_acc_) A;
         const T *const bases[3] = {x, dy, ym};
         nk_ahead pw[2];
-        SFN(pf_begin_)(pw, v, c, r0, ym ? 3 : 2);
+        SFN(pf_begin_)(pw, v, c, r0, ym ? 3 : 2, 0);
         NK_UNROLL for (int k = 0; k < NK_LANE_VECS; k++) A.g[k] = A.gx[k] = A.x[k] = vd_zero();
         for (nk_seg_begin(&it, v, c, r0, r1); (n = nk_seg_next(&it, off)); q += n) {
             const T *p = x + off[0], *g = dy + off[1];
@@ -403,7 +405,7 @@ static void SFN(bwd_apply_)(const nk_cview *v, const void *xv, const void *dyv, 
     nk_seg_iter it;
     nk_ahead pw[2];
     int64_t off[NK_CV_MAXT], n;
-    if (vec) SFN(pf_begin_)(pw, v, c, r0, ym ? 3 : 2);
+    if (vec) SFN(pf_begin_)(pw, v, c, r0, ym ? 3 : 2, 1);
     for (nk_seg_begin(&it, v, c, r0, r1); (n = nk_seg_next(&it, off));) {
         const T *p = x + off[0], *g = dy + off[1];
         const T *m = ym ? ym + off[3] : NULL;
