@@ -414,6 +414,9 @@ static void SFN(bwd_apply_)(const nk_cview *v, const void *xv, const void *dyv, 
     nk_ahead pw[2];
     int64_t off[NK_CV_MAXT], n;
     if (vec) SFN(pf_begin_)(pw, v, c, r0, ym ? 3 : 2, 1);
+    /* float64: measured 5-20% slower with the walkers than without (16x128x56x56, alone and
+     * in the fused backward), float32 20% faster: no prefetch for 8-byte elements */
+    if (vec && sizeof(T) == 8) pw[0].done = pw[1].done = 1;
     for (nk_seg_begin(&it, v, c, r0, r1); (n = nk_seg_next(&it, off));) {
         const T *p = x + off[0], *g = dy + off[1];
         const T *m = ym ? ym + off[3] : NULL;
