@@ -9,8 +9,9 @@
  *    function, which performs the same operations (so the same bits). They use FMA where the
  *    reference rounds a product and then adds (kernels.h, numerics): within a stated bound of
  *    the reference, not its bits.
- *  - The per-channel functions over runs of stride 1 prefetch the channel's next run while
- *    they walk one (kernels/simd/ahead.h): NCHW channels are runs of H*W values C*H*W apart.
+ *  - The per-channel functions over runs of stride 1 prefetch while they walk a run
+ *    (kernels/simd/ahead.h): the channel's next run (NCHW channels are runs of H*W values
+ *    C*H*W apart), and in the element-wise passes over small channels the next channel too.
  *  - Reductions deal the values to the 16 lanes of kernels/simd/lanes16.h by their position in
  *    the block: vectors over runs of stride 1 (masked at the ends of a run that does not start
  *    or end on a multiple of 16), scalar code over other strides (the scalar loop above each
@@ -97,7 +98,8 @@ NK_VEC_INLINE void SFN(pf_fetch_)(const SFN(pfr_) *r, int64_t i, int t0, int t1)
         if (i >= r->n[k]) continue;
         for (int t = t0; t < t1; t++) {
             nk_prefetch(r->p[k][t] + i);
-            if (sizeof(T) * NK_LANES > 64) nk_prefetch(r->p[k][t] + i + 64 / sizeof(T));
+            if (sizeof(T) * NK_LANES > 64 && i + (int64_t)(64 / sizeof(T)) < r->n[k])
+                nk_prefetch(r->p[k][t] + i + 64 / sizeof(T)); /* 16 doubles: 2 lines */
         }
     }
 }
