@@ -15,11 +15,11 @@
  *    keeps a channel in L2 between its two passes (batchnorm.c, fuse_channels) then reads the
  *    next channel while it writes this one, as a copy does, and its reduction pass finds the
  *    channel in L2. Two channels must fit in L2 together: half of 1 MiB.
- * Measured (16x256x56x56 float32, 1 thread, ratio to a same-size copy or add, medians of
- * alternated runs on a loaded 2-core machine): normalize alone 1.02 with the run walker,
- * 0.90-0.95 with both; fused forward 1.44 with the run walker alone, 1.2-1.35 with both;
- * fused backward 1.65 -> 1.3, and the next-channel walker in the reduction passes too made the
- * backward 10% slower.
+ * Measured on the kernels alone, called as batchnorm.c calls them (16x256x56x56 float32,
+ * 1 thread, ratio to a same-size copy or add, medians of alternated runs on a loaded 2-core
+ * machine): normalize 1.02 with the run walker, 0.90-0.95 with both; fused forward 1.44 with
+ * the run walker alone, 1.2-1.35 with both; fused backward 1.65 -> 1.3; the next-channel
+ * walker in the reduction passes too made the fused backward 10% slower.
  *
  * Prefetches are hints: they never fault and never change a result. */
 #ifndef NK_AHEAD_H
