@@ -77,6 +77,10 @@ typedef struct SFN(pfr_) {
  * there, bwd_reduce and bwd_apply 11-15% slower). */
 NK_VEC_INLINE void SFN(pf_begin_)(nk_ahead *w, const nk_cview *v, int64_t c, int64_t r0,
                                   int64_t r1, int nts, int chan) {
+    if (v->dims[v->nd - 1] * (int64_t)sizeof(T) < NK_AHEAD_MIN_RUN_BYTES) { /* see ahead.h */
+        w[0].done = w[1].done = 1;
+        return;
+    }
     const int runs = v->dims[v->nd - 1] < v->M;
     nk_ahead_begin(&w[0], NK_AHEAD_RUN, v, c, r0, r1, nts * (int64_t)sizeof(T));
     nk_ahead_begin(&w[1], NK_AHEAD_CHANNEL, v, c, r0, r1,
@@ -88,7 +92,8 @@ NK_VEC_INLINE void SFN(pf_begin_)(nk_ahead *w, const nk_cview *v, int64_t c, int
  * prefetchers (see pf_begin_). */
 NK_VEC_INLINE SFN(pfr_) SFN(pf_run_)(nk_ahead *w, const T *const *b, int nts, const T *end) {
     static const int slot[3] = {0, 1, 3};
-    SFN(pfr_) r;
+    SFN(pfr_) r = {0};
+    if (w[0].done && w[1].done) return r; /* no walker (short runs): no calls, nothing to fetch */
     for (int k = 0; k < 2; k++) {
         int64_t off[NK_CV_MAXT];
         r.n[k] = nk_ahead_next(&w[k], off);
@@ -111,6 +116,9 @@ NK_VEC_INLINE void SFN(pf_fetch_)(const SFN(pfr_) *r, int64_t i, int t0, int t1)
         }
     }
 }
+
+/* 1 if a walker is active (runs long enough, see pf_begin_). */
+NK_VEC_INLINE int SFN(pf_on_)(const nk_ahead *w) { return !(w[0].done && w[1].done); }
 
 /* ---- per (channel, block) -------------------------------------------------------------- */
 
@@ -137,6 +145,28 @@ NK_VEC_INLINE void SFN(mom_part_)(const T *base, int lo, int hi, vd vs, vd *a1, 
     }
 }
 
+/* One run of stride 1 at block position q into the lane sums; pf: prefetch pr's runs (a
+ * constant where it is inlined, so that short runs keep the loop without prefetch code). */
+NK_VEC_INLINE void SFN(mom_run_)(const T *p, int64_t n, int64_t q, vd vs, vd *a1, vd *a2,
+                                 const SFN(pfr_) *pr, const int pf) {
+    int64_t i = 0;
+    const int ph = (int)(q % NK_LANES);
+    if (ph) { /* the run starts inside a chunk */
+        const int hi = n < NK_LANES - ph ? ph + (int)n : NK_LANES;
+        SFN(mom_part_)(SFN(at_)(p, -ph), ph, hi, vs, a1, a2);
+        i = hi - ph;
+    }
+    for (; i + NK_LANES <= n; i += NK_LANES) {
+        if (pf) SFN(pf_fetch_)(pr, i, 0, 1);
+        NK_UNROLL for (int k = 0; k < NK_LANE_VECS; k++) {
+            const vd d = vd_sub(LD(p + i + k * VW), vs);
+            a1[k] = vd_add(a1[k], d);
+            a2[k] = vd_fmadd(d, d, a2[k]);
+        }
+    }
+    if (i < n) SFN(mom_part_)(p + i, 0, (int)(n - i), vs, a1, a2);
+}
+
 static void SFN(moments_)(const nk_cview *v, const void *xv, int64_t c, int64_t r0, int64_t r1,
                           double *mean, double *m2) {
     const T *x = xv;
@@ -153,26 +183,15 @@ static void SFN(moments_)(const nk_cview *v, const void *xv, int64_t c, int64_t 
         nk_ahead pw[2];
         SFN(pf_begin_)(pw, v, c, r0, r1, 1, 0);
         NK_UNROLL for (int k = 0; k < NK_LANE_VECS; k++) a1[k] = a2[k] = vd_zero();
-        for (; n; q += n, n = nk_seg_next(&it, off)) {
-            const T *p = x + off[0];
-            int64_t i = 0;
-            const SFN(pfr_) pr = SFN(pf_run_)(pw, &x, 1, p + n);
-            const int ph = (int)(q % NK_LANES);
-            if (ph) { /* the run starts inside a chunk */
-                const int hi = n < NK_LANES - ph ? ph + (int)n : NK_LANES;
-                SFN(mom_part_)(SFN(at_)(p, -ph), ph, hi, vs, a1, a2);
-                i = hi - ph;
+        if (SFN(pf_on_)(pw))
+            for (; n; q += n, n = nk_seg_next(&it, off)) {
+                const T *p = x + off[0];
+                const SFN(pfr_) pr = SFN(pf_run_)(pw, &x, 1, p + n);
+                SFN(mom_run_)(p, n, q, vs, a1, a2, &pr, 1);
             }
-            for (; i + NK_LANES <= n; i += NK_LANES) {
-                SFN(pf_fetch_)(&pr, i, 0, 1);
-                NK_UNROLL for (int k = 0; k < NK_LANE_VECS; k++) {
-                    const vd d = vd_sub(LD(p + i + k * VW), vs);
-                    a1[k] = vd_add(a1[k], d);
-                    a2[k] = vd_fmadd(d, d, a2[k]);
-                }
-            }
-            if (i < n) SFN(mom_part_)(p + i, 0, (int)(n - i), vs, a1, a2);
-        }
+        else
+            for (; n; q += n, n = nk_seg_next(&it, off))
+                SFN(mom_run_)(x + off[0], n, q, vs, a1, a2, NULL, 0);
         S1 = vd_sum16(a1);
         S2 = vd_sum16(a2);
     } else {
@@ -210,7 +229,7 @@ NK_VEC_INLINE double SFN(affine1_)(double x, double m, double a, double b, int r
  * then VW; returns where it stopped. stream and relu are constants where it is inlined. */
 NK_VEC_INLINE int64_t SFN(norm_vec_)(const T *p, T *q, int64_t i, int64_t n, vd vm, vd va, vd vb,
                                      const SFN(pfr_) *pr, const int stream, const int relu) {
-    for (; i + NK_LANES <= n; i += NK_LANES) {
+    for (; pr && i + NK_LANES <= n; i += NK_LANES) {
         SFN(pf_fetch_)(pr, i, 0, 1);
         NK_UNROLL for (int k = 0; k < NK_LANE_VECS; k++) {
             vd o = SFN(affine_)(LD(p + i + k * VW), vm, va, vb);
@@ -249,15 +268,17 @@ static void SFN(normalize_)(const nk_cview *v, const void *xv, void *yv, int64_t
         T *q = y + off[1];
         int64_t i = 0;
         if (vec) {
+            /* short runs: no prefetch, 8-value steps (pfr NULL) */
             const SFN(pfr_) pr = SFN(pf_run_)(pw, &x, 1, p + n);
+            const SFN(pfr_) *pfr = SFN(pf_on_)(pw) ? &pr : NULL;
             if (stream) {
                 for (const int64_t h = SFN(head_)(q, 0, n); i < h; i++)
                     q[i] = (T)SFN(affine1_)((double)p[i], mean, a, b, relu);
-                i = relu ? SFN(norm_vec_)(p, q, i, n, vm, va, vb, &pr, 1, 1)
-                         : SFN(norm_vec_)(p, q, i, n, vm, va, vb, &pr, 1, 0);
+                i = relu ? SFN(norm_vec_)(p, q, i, n, vm, va, vb, pfr, 1, 1)
+                         : SFN(norm_vec_)(p, q, i, n, vm, va, vb, pfr, 1, 0);
             } else {
-                i = relu ? SFN(norm_vec_)(p, q, i, n, vm, va, vb, &pr, 0, 1)
-                         : SFN(norm_vec_)(p, q, i, n, vm, va, vb, &pr, 0, 0);
+                i = relu ? SFN(norm_vec_)(p, q, i, n, vm, va, vb, pfr, 0, 1)
+                         : SFN(norm_vec_)(p, q, i, n, vm, va, vb, pfr, 0, 0);
             }
         }
         for (; i < n; i++) q[i * sy] = (T)SFN(affine1_)((double)p[i * sx], mean, a, b, relu);
@@ -296,6 +317,34 @@ NK_VEC_INLINE void SFN(bwd_part_)(const T *xb, const T *gb, const T *mb, int lo,
     }
 }
 
+/* One run of stride 1 at block position q into the lane sums A; pf as in mom_run_. */
+NK_VEC_INLINE void SFN(red_run_)(const T *p, const T *g, const T *m, int64_t n, int64_t q, vd vm,
+                                 SFN(bwd_acc_) *A, const SFN(pfr_) *pr, const int pf) {
+    int64_t i = 0;
+    const int ph = (int)(q % NK_LANES);
+    if (ph) {
+        const int hi = n < NK_LANES - ph ? ph + (int)n : NK_LANES;
+        SFN(bwd_part_)(SFN(at_)(p, -ph), SFN(at_)(g, -ph), m ? SFN(at_)(m, -ph) : NULL, ph, hi,
+                       vm, A);
+        i = hi - ph;
+    }
+    for (; i + NK_LANES <= n; i += NK_LANES) {
+        if (pf) {
+            SFN(pf_fetch_)(pr, i, 0, 2);
+            if (m) SFN(pf_fetch_)(pr, i, 2, 3);
+        }
+        NK_UNROLL for (int k = 0; k < NK_LANE_VECS; k++) {
+            vd gv = LD(g + i + k * VW);
+            if (m) gv = vd_zero_where_le0(gv, LD(m + i + k * VW));
+            const vd d = vd_sub(LD(p + i + k * VW), vm);
+            A->g[k] = SFN(acc_)(A->g[k], gv);
+            A->gx[k] = vd_fmadd(gv, d, A->gx[k]);
+            A->x[k] = SFN(acc_)(A->x[k], d);
+        }
+    }
+    if (i < n) SFN(bwd_part_)(p + i, g + i, m ? m + i : NULL, 0, (int)(n - i), vm, A);
+}
+
 static void SFN(bwd_reduce_)(const nk_cview *v, const void *xv, const void *dyv, const void *ymv,
                              int64_t c, int64_t r0, int64_t r1, double mean, double *sum_g,
                              double *sum_gx, double *sum_x) {
@@ -311,31 +360,16 @@ static void SFN(bwd_reduce_)(const nk_cview *v, const void *xv, const void *dyv,
         nk_ahead pw[2];
         SFN(pf_begin_)(pw, v, c, r0, r1, ym ? 3 : 2, 0);
         NK_UNROLL for (int k = 0; k < NK_LANE_VECS; k++) A.g[k] = A.gx[k] = A.x[k] = vd_zero();
+        const int pfon = SFN(pf_on_)(pw);
         for (nk_seg_begin(&it, v, c, r0, r1); (n = nk_seg_next(&it, off)); q += n) {
             const T *p = x + off[0], *g = dy + off[1];
             const T *m = ym ? ym + off[3] : NULL;
-            int64_t i = 0;
-            const SFN(pfr_) pr = SFN(pf_run_)(pw, bases, m ? 3 : 2, p + n);
-            const int ph = (int)(q % NK_LANES);
-            if (ph) {
-                const int hi = n < NK_LANES - ph ? ph + (int)n : NK_LANES;
-                SFN(bwd_part_)(SFN(at_)(p, -ph), SFN(at_)(g, -ph), m ? SFN(at_)(m, -ph) : NULL,
-                               ph, hi, vm, &A);
-                i = hi - ph;
+            if (pfon) {
+                const SFN(pfr_) pr = SFN(pf_run_)(pw, bases, m ? 3 : 2, p + n);
+                SFN(red_run_)(p, g, m, n, q, vm, &A, &pr, 1);
+            } else {
+                SFN(red_run_)(p, g, m, n, q, vm, &A, NULL, 0);
             }
-            for (; i + NK_LANES <= n; i += NK_LANES) {
-                SFN(pf_fetch_)(&pr, i, 0, 2);
-                if (m) SFN(pf_fetch_)(&pr, i, 2, 3);
-                NK_UNROLL for (int k = 0; k < NK_LANE_VECS; k++) {
-                    vd gv = LD(g + i + k * VW);
-                    if (m) gv = vd_zero_where_le0(gv, LD(m + i + k * VW));
-                    const vd d = vd_sub(LD(p + i + k * VW), vm);
-                    A.g[k] = SFN(acc_)(A.g[k], gv);
-                    A.gx[k] = vd_fmadd(gv, d, A.gx[k]);
-                    A.x[k] = SFN(acc_)(A.x[k], d);
-                }
-            }
-            if (i < n) SFN(bwd_part_)(p + i, g + i, m ? m + i : NULL, 0, (int)(n - i), vm, &A);
         }
         *sum_g = vd_sum16(A.g);
         *sum_gx = vd_sum16(A.gx);
@@ -384,7 +418,7 @@ NK_VEC_INLINE double SFN(dx1_)(const T *g, const T *ym, const T *x, double m, do
 NK_VEC_INLINE int64_t SFN(dx_vec_)(const T *p, const T *g, const T *m, T *o, int64_t i,
                                    int64_t n, vd vm, vd vkg, vd vkx, vd vk0,
                                    const SFN(pfr_) *pr, const int stream) {
-    for (; i + NK_LANES <= n; i += NK_LANES) {
+    for (; pr && i + NK_LANES <= n; i += NK_LANES) {
         SFN(pf_fetch_)(pr, i, 0, 2);
         if (m) SFN(pf_fetch_)(pr, i, 2, 3);
         NK_UNROLL for (int k = 0; k < NK_LANE_VECS; k++) {
@@ -434,12 +468,13 @@ static void SFN(bwd_apply_)(const nk_cview *v, const void *xv, const void *dyv, 
         int64_t i = 0;
         if (vec) {
             const SFN(pfr_) pr = SFN(pf_run_)(pw, bases, m ? 3 : 2, p + n);
+            const SFN(pfr_) *pfr = SFN(pf_on_)(pw) ? &pr : NULL; /* as in normalize_ */
             if (stream) {
                 for (const int64_t h = SFN(head_)(o, 0, n); i < h; i++)
                     o[i] = (T)SFN(dx1_)(g + i, m ? m + i : NULL, p + i, mean, kg, kx, k0);
-                i = SFN(dx_vec_)(p, g, m, o, i, n, vm, vkg, vkx, vk0, &pr, 1);
+                i = SFN(dx_vec_)(p, g, m, o, i, n, vm, vkg, vkx, vk0, pfr, 1);
             } else {
-                i = SFN(dx_vec_)(p, g, m, o, i, n, vm, vkg, vkx, vk0, &pr, 0);
+                i = SFN(dx_vec_)(p, g, m, o, i, n, vm, vkg, vkx, vk0, pfr, 0);
             }
         }
         for (; i < n; i++)
