@@ -359,6 +359,7 @@ static void SFN(bwd_reduce_)(const nk_cview *v, const void *xv, const void *dyv,
         const T *const bases[3] = {x, dy, ym};
         nk_ahead pw[2];
         SFN(pf_begin_)(pw, v, c, r0, r1, ym ? 3 : 2, 0);
+        if (sizeof(T) == 8) pw[0].done = pw[1].done = 1; /* as in bwd_apply_ */
         NK_UNROLL for (int k = 0; k < NK_LANE_VECS; k++) A.g[k] = A.gx[k] = A.x[k] = vd_zero();
         const int pfon = SFN(pf_on_)(pw);
         for (nk_seg_begin(&it, v, c, r0, r1); (n = nk_seg_next(&it, off)); q += n) {
@@ -458,8 +459,9 @@ static void SFN(bwd_apply_)(const nk_cview *v, const void *xv, const void *dyv, 
     nk_ahead pw[2];
     int64_t off[NK_CV_MAXT], n;
     if (vec) SFN(pf_begin_)(pw, v, c, r0, r1, ym ? 3 : 2, 1);
-    /* float64: measured 5-20% slower with the walkers than without (16x128x56x56, alone and
-     * in the fused backward), float32 20% faster: no prefetch for 8-byte elements */
+    /* float64 backward: measured slower with the walkers than without (16x128x56x56, both
+     * orders of alternation: bwd_reduce alone 26%, apply 5-20%, the fused backward 16%),
+     * float32 20% faster: no prefetch for 8-byte elements in either backward kernel */
     if (vec && sizeof(T) == 8) pw[0].done = pw[1].done = 1;
     for (nk_seg_begin(&it, v, c, r0, r1); (n = nk_seg_next(&it, off));) {
         const T *p = x + off[0], *g = dy + off[1];
