@@ -18,9 +18,18 @@
  *    mean = s + S1/n, M2 = S2 - S1^2/n. Since (s - mean)^2 <= M2, the cancellation costs at
  *    most a factor n = NK_BLOCK_ELEMS: relative error <= ~n * 2^-53 = 1e-12, against the
  *    1e-9 that float32 data with mean 1e4 and std 1e-2 is tested to.
- *  - normalize and bwd_apply evaluate the reference's expression in the reference's order,
- *    without FMA contraction (-ffp-contract=off), so from the same coefficients they give
- *    the reference's bits; only sums differ in the last bits.
+ *  - normalize and bwd_apply: the reference rounds every operation of
+ *        y = ((x - mean) * a) + b,   dx = ((kg * g) + (kx * (x - mean))) + k0;
+ *    optimized kernels fuse the products with one FMA each:
+ *        y = fma(x - mean, a, b),    dx = fma(kx, x - mean, fma(kg, g, k0)),
+ *    one rounding fewer per product, so in double they are at least as accurate as the
+ *    reference, but not its bits: |opt - ref| <= 4 * 2^-53 * (sum of the magnitudes of the
+ *    terms, |(x - mean) a| + |b| + |y|, resp. |kg g| + |kx (x - mean)| + |k0| + |dx|) before
+ *    the final rounding to the output type, hence at most one rounding step of float32 apart
+ *    beyond that (docs/numerics.md; checked by tests/unit/test_kernels_sweep.c). x == mean
+ *    still gives y = b exactly. The element-wise result does not depend on the layout, ISA or
+ *    thread count (one expression per value, no sums). The compiler never contracts on its own
+ *    (-ffp-contract=off): every FMA is written out.
  *  - optimized sums are formed in 16 lanes indexed by each value's position in its block and
  *    merged by one fixed tree (kernels/simd/lanes16.h), whichever function (per channel or
  *    rows), stride, alignment or instruction set does the work: optimized results are

@@ -44,6 +44,12 @@
       "float32 data with mean 1e4 and std 1e-2 (condition (mean/std)^2 = 1e12): the design "     \
       "requires < 1e-6 (E[x^2]-E[x]^2 in double is off by ~1e-4 here, float32 deviations by "    \
       "~1e-2); two-pass blocks + Chan merge in double measure ~1e-12, 1e-9 keeps 1000x margin")  \
+    X(TOL_FMA_TERMS, 4.4408920985006262e-16, 0.0,                                                \
+      "optimized element-wise kernels (y = fma(x - m, a, b), dx = fma(kx, x - m, fma(kg, g, "   \
+      "k0))) vs the reference's rounded products: each side is within 2u of the exact value, "  \
+      "u = 2^-53, times the sum S of the magnitudes of the terms, so |opt - ref| <= rtol * S "   \
+      "with rtol = 4u, plus one ulp of the output type when it is float32 (both round the "      \
+      "double result once); used as |got - want| <= ulp + rtol * S (test_kernels_sweep.c)")     \
     X(TOL_GRADCHECK, 1e-6, 1e-8,                                                                 \
       "central differences in double with h = 1e-6: truncation ~h^2 f''' ~ 1e-11; rounding of "  \
       "y (1 ulp per element, ~50 elements, loss summed in long double) / 2h gives absolute "     \

@@ -19,6 +19,8 @@
  * layout-independent too (its rows kernels add each channel's values in the per-channel order).
  *
  * Failures print the case and the seed (NK_TEST_SEED to reproduce). */
+#include <float.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -225,6 +227,158 @@ static void test_bn_illconditioned(void **state) {
     }
 }
 
+/* ---- element-wise kernels: the stated bound against the reference -------------------------
+ * The optimized normalize and bwd_apply use FMA where the reference rounds a product and then
+ * adds (kernels.h, numerics), so they are compared value by value with the bound of
+ * TOL_FMA_TERMS: |opt - ref| <= ulp + 4u * S, u = 2^-53, S = the sum of the magnitudes of the
+ * terms (normalize: |(x - m) a| + |b| + |y|; bwd_apply: |kg g| + |kx (x - m)| + |k0| + |dx|,
+ * y and dx exact, from long double), ulp = one float32 step at the larger result (0 for
+ * float64). And against the long-double oracle the optimized result must be within its own
+ * bound, 2u * S plus half a float32 step: at least as accurate as the reference's bound.
+ * x == m must give y = b exactly (a constant channel normalizes to beta). Channels: ordinary
+ * data, float32 data with mean 1e4 and std 1e-2 (a = 100: |m a| = 1e6), and outputs that
+ * cancel to ~0 (b = -(x_i - m) a for some i). */
+
+#define EW_N 203 /* odd: vectors, then the scalar tail */
+#define EW_C 3
+
+/* One float32 step at |v| (0 for float64 outputs). */
+static double ew_ulp(nk_dtype dt, double v) {
+    if (dt != NK_F32) return 0.0;
+    const float f = fabsf((float)v);
+    return (double)nextafterf(f, INFINITY) - (double)f;
+}
+
+typedef struct ew_data {
+    double x[EW_C][EW_N], g[EW_C][EW_N], ym[EW_C][EW_N];
+    double m[EW_C], a[EW_C], b[EW_C], kg[EW_C], kx[EW_C], k0[EW_C];
+} ew_data;
+
+static void ew_fill(ew_data *d, nk_dtype dt, uint64_t salt) {
+    nkt_rng r = nkt_rng_make(salt);
+    const double mu[EW_C] = {0.5, 1e4, -0.25}, sd[EW_C] = {3.0, 1e-2, 1.0};
+    for (int c = 0; c < EW_C; c++) {
+        for (int i = 0; i < EW_N; i++) {
+            double xv = nkt_normal(&r, mu[c], sd[c]);
+            if (dt == NK_F32) xv = (double)(float)xv;
+            d->x[c][i] = xv;
+            d->g[c][i] = nkt_normal(&r, 0.0, 1.0);
+            if (dt == NK_F32) d->g[c][i] = (double)(float)d->g[c][i];
+            d->ym[c][i] = i % 5 == 0 ? 0.0 : nkt_normal(&r, 0.0, 1.0);
+        }
+        d->m[c] = d->x[c][7]; /* exactly representable: x[7] == m */
+        d->x[c][EW_N - 2] = d->m[c];
+        d->a[c] = 1.0 / sd[c] * nkt_uniform(&r, 0.5, 1.5);
+        d->b[c] = nkt_uniform(&r, -1.0, 1.0);
+        d->kg[c] = nkt_uniform(&r, 0.5, 1.5) * d->a[c];
+        d->kx[c] = nkt_uniform(&r, -1.0, 1.0) * d->a[c] * d->a[c] * sd[c];
+        d->k0[c] = nkt_uniform(&r, -0.1, 0.1) * d->a[c];
+    }
+    /* cancellation: y = 0 exactly for x[11] of channel 2 (in exact arithmetic) */
+    d->b[2] = -(d->x[2][11] - d->m[2]) * d->a[2];
+}
+
+static void ew_store(nk_dtype dt, void *dst, const double *v, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        if (dt == NK_F32)
+            ((float *)dst)[i] = (float)v[i];
+        else
+            ((double *)dst)[i] = v[i];
+    }
+}
+
+static double ew_load(nk_dtype dt, const void *src, int64_t i) {
+    return dt == NK_F32 ? (double)((const float *)src)[i] : ((const double *)src)[i];
+}
+
+static void ew_check(const char *what, nk_dtype dt, int64_t i, double opt, double ref,
+                     long double exact, long double terms) {
+    const double rtol = nkt_tol_get(TOL_FMA_TERMS)->rtol, S = (double)terms;
+    const double ulp = ew_ulp(dt, fmax(fabs(opt), fabs(ref)));
+    NKT_CHECK(fabs(opt - ref) <= ulp + rtol * S, "%s[%lld]: optimized %.17g, reference %.17g, "
+              "|diff| %.3g > ulp %.3g + %.3g * S (S = %.6g)", what, (long long)i, opt, ref,
+              fabs(opt - ref), ulp, rtol, S);
+    const double e = (double)exact, own = 0.5 * ew_ulp(dt, e) + 0.5 * rtol * S;
+    NKT_CHECK(fabs(opt - e) <= own + 0.5 * ew_ulp(dt, opt), "%s[%lld]: optimized %.17g, exact %.17g, "
+              "|err| %.3g > %.3g", what, (long long)i, opt, e, fabs(opt - e), own);
+}
+
+static void ew_case(const nk_bn_kernels *ref, const nk_bn_kernels *opt, const char *isa,
+                    nk_dtype dt, uint64_t salt) {
+    ew_data *d = nkt_malloc(sizeof *d);
+    ew_fill(d, dt, salt);
+    const size_t es = nk_dtype_size(dt), bytes = (size_t)EW_C * EW_N * es;
+    void *x = nkt_malloc(bytes), *g = nkt_malloc(bytes), *ym = nkt_malloc(bytes);
+    void *yr = nkt_malloc(bytes), *yo = nkt_malloc(bytes);
+    ew_store(dt, x, &d->x[0][0], EW_C * EW_N);
+    ew_store(dt, g, &d->g[0][0], EW_C * EW_N);
+    ew_store(dt, ym, &d->ym[0][0], EW_C * EW_N);
+    const int64_t dims[4] = {1, EW_C, 1, EW_N};
+    nk_tensor tx, tg, tyr, tyo, tym;
+    assert_int_equal(nk_tensor_contiguous(&tx, x, dt, 4, dims), NK_OK);
+    assert_int_equal(nk_tensor_contiguous(&tg, g, dt, 4, dims), NK_OK);
+    assert_int_equal(nk_tensor_contiguous(&tyr, yr, dt, 4, dims), NK_OK);
+    assert_int_equal(nk_tensor_contiguous(&tyo, yo, dt, 4, dims), NK_OK);
+    assert_int_equal(nk_tensor_contiguous(&tym, ym, dt, 4, dims), NK_OK);
+    for (int relu = 0; relu <= 1; relu++) { /* normalize */
+        const nk_tensor *ts[2] = {&tx, relu ? &tyo : &tyr};
+        nk_cview v;
+        nk_cview_init(&v, 2, ts);
+        nkt_case("%s normalize vs reference, %s, relu %d, seed salt %llu", isa,
+                 nkt_dtype_name(dt), relu, (unsigned long long)salt);
+        for (int c = 0; c < EW_C; c++) {
+            ref->normalize(&v, x, yr, c, 0, EW_N, d->m[c], d->a[c], d->b[c], relu);
+            opt->normalize(&v, x, yo, c, 0, EW_N, d->m[c], d->a[c], d->b[c], relu);
+        }
+        for (int c = 0; c < EW_C; c++)
+            for (int i = 0; i < EW_N; i++) {
+                const int64_t k = (int64_t)c * EW_N + i;
+                const long double p = ((long double)ew_load(dt, x, k) - d->m[c]) * d->a[c];
+                long double e = p + d->b[c];
+                const long double S = fabsl(p) + fabsl((long double)d->b[c]) + fabsl(e);
+                if (relu && e < 0) e = 0;
+                ew_check("y", dt, k, ew_load(dt, yo, k), ew_load(dt, yr, k), e, S);
+                if (ew_load(dt, x, k) == d->m[c] && !(relu && d->b[c] < 0))
+                    NKT_CHECK(ew_load(dt, yo, k) == (dt == NK_F32 ? (double)(float)d->b[c] : d->b[c]),
+                              "y[%lld] for x == mean: %.17g, not beta %.17g", (long long)k,
+                              ew_load(dt, yo, k), d->b[c]);
+            }
+    }
+    for (int mask = 0; mask <= 1; mask++) { /* bwd_apply */
+        const nk_tensor *ts[4] = {&tx, &tg, &tyr, &tym};
+        nk_cview v;
+        nk_cview_init(&v, 4, ts);
+        nkt_case("%s bwd_apply vs reference, %s, mask %d, seed salt %llu", isa,
+                 nkt_dtype_name(dt), mask, (unsigned long long)salt);
+        const void *m = mask ? ym : NULL;
+        for (int c = 0; c < EW_C; c++) {
+            ref->bwd_apply(&v, x, g, m, yr, c, 0, EW_N, d->m[c], d->kg[c], d->kx[c], d->k0[c]);
+            opt->bwd_apply(&v, x, g, m, yo, c, 0, EW_N, d->m[c], d->kg[c], d->kx[c], d->k0[c]);
+        }
+        for (int c = 0; c < EW_C; c++)
+            for (int i = 0; i < EW_N; i++) {
+                const int64_t k = (int64_t)c * EW_N + i;
+                const double gi = mask && ew_load(dt, ym, k) <= 0 ? 0.0 : ew_load(dt, g, k);
+                const long double p1 = (long double)d->kg[c] * gi;
+                const long double p2 = (long double)d->kx[c] * ((long double)ew_load(dt, x, k) - d->m[c]);
+                const long double e = p1 + p2 + d->k0[c];
+                const long double S = fabsl(p1) + fabsl(p2) + fabsl((long double)d->k0[c]) + fabsl(e);
+                ew_check("dx", dt, k, ew_load(dt, yo, k), ew_load(dt, yr, k), e, S);
+            }
+    }
+    free(x), free(g), free(ym), free(yr), free(yo), free(d);
+}
+
+static void test_bn_elementwise_bound(void **state) {
+    (void)state;
+    for (int isa = NK_ISA_REF + 1; isa <= (int)nk_isa_supported(); isa++)
+        for (int dt = NK_F32; dt <= NK_F64; dt++)
+            for (uint64_t salt = 8000; salt < 8010; salt++)
+                ew_case(dt == NK_F32 ? &nk_bn_ref_f32 : &nk_bn_ref_f64,
+                        nk_bn_kernels_isa((nk_isa)isa, (nk_dtype)dt), nk_isa_name((nk_isa)isa),
+                        (nk_dtype)dt, salt);
+}
+
 /* ---- threads: bitwise equality of the optimized kernels for 1..4 threads ------------------- */
 
 static void threads_case(const int64_t *dims, nk_dtype dt, nkt_layout lay, unsigned flags,
@@ -377,6 +531,7 @@ int main(void) {
         cmocka_unit_test(test_bn_blocks),
         cmocka_unit_test(test_bn_streaming),
         cmocka_unit_test(test_bn_illconditioned),
+        cmocka_unit_test(test_bn_elementwise_bound),
         cmocka_unit_test(test_bn_threads_bitwise),
         cmocka_unit_test(test_rows_sweep),
     };

@@ -37,7 +37,7 @@ NK_VEC_INLINE void vd_stream_fence(void) { _mm_sfence(); }
 NK_VEC_INLINE vd vd_add(vd a, vd b) { return _mm512_add_pd(a, b); }
 NK_VEC_INLINE vd vd_sub(vd a, vd b) { return _mm512_sub_pd(a, b); }
 NK_VEC_INLINE vd vd_mul(vd a, vd b) { return _mm512_mul_pd(a, b); }
-/* a * b + c with one rounding: only in sums, never where the reference's bits are kept */
+/* a * b + c with one rounding (kernels.h, numerics: sums and the element-wise expressions) */
 NK_VEC_INLINE vd vd_fmadd(vd a, vd b, vd c) { return _mm512_fmadd_pd(a, b, c); }
 /* r < 0 ? 0 : r per lane. MAXPD returns its second operand when either is NaN or both are
  * zeros, so NaN propagates and -0 stays -0, as the reference's `if (r < 0.0) r = 0.0`. */
