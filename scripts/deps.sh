@@ -3,9 +3,11 @@
 # need. Does nothing when they are all present. `make deps` runs it; `make test` and
 # `make demo` run it too, so a fresh Debian machine needs no other step.
 set -euo pipefail
+# With arguments, installs those packages instead (scripts/deps_bench.sh uses this).
 PKGS=(gcc make cmake pkg-config libopenblas-dev libcmocka-dev protobuf-c-compiler
       libprotobuf-c-dev libonnx-dev python3 python3-numpy python3-torch python3-pytest
       zlib1g-dev dataset-fashion-mnist gnuplot-nox)
+[ $# -gt 0 ] && PKGS=("$@")
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
