@@ -6,10 +6,6 @@
 #include "kernels/masked_kernels.h"
 #include "kernels/avx2/vec_avx2.h"
 
-extern const nk_masked_kernels nk_masked_avx2_f32_u8, nk_masked_avx2_f32_f32,
-    nk_masked_avx2_f32_f64, nk_masked_avx2_f64_u8, nk_masked_avx2_f64_f32,
-    nk_masked_avx2_f64_f64;
-
 /* v where m != 0 (unordered compare: a NaN mask value is nonzero, as C's m != 0), else +0 */
 NK_VEC_INLINE vd vd_keep_nz(vd v, vd m) {
     return _mm256_and_pd(v, _mm256_cmp_pd(m, _mm256_setzero_pd(), _CMP_NEQ_UQ));
@@ -20,62 +16,5 @@ NK_VEC_INLINE vd mload_u8(const uint8_t *p) {
     return _mm256_cvtepi32_pd(_mm_cvtepu8_epi32(_mm_cvtsi32_si128(w)));
 }
 
-#define T float
-#define MT uint8_t
-#define MLOAD mload_u8
-#define SFX f32_u8
-#define TABLE nk_masked_avx2_f32_u8
-#include "kernels/simd/masked_simd_impl.h"
-#undef TABLE
-#undef SFX
-#undef MLOAD
-#undef MT
-#define MT float
-#define MLOAD vd_load_f32
-#define SFX f32_f32
-#define TABLE nk_masked_avx2_f32_f32
-#include "kernels/simd/masked_simd_impl.h"
-#undef TABLE
-#undef SFX
-#undef MLOAD
-#undef MT
-#define MT double
-#define MLOAD vd_load_f64
-#define SFX f32_f64
-#define TABLE nk_masked_avx2_f32_f64
-#include "kernels/simd/masked_simd_impl.h"
-#undef TABLE
-#undef SFX
-#undef MLOAD
-#undef MT
-#undef T
-
-#define T double
-#define MT uint8_t
-#define MLOAD mload_u8
-#define SFX f64_u8
-#define TABLE nk_masked_avx2_f64_u8
-#include "kernels/simd/masked_simd_impl.h"
-#undef TABLE
-#undef SFX
-#undef MLOAD
-#undef MT
-#define MT float
-#define MLOAD vd_load_f32
-#define SFX f64_f32
-#define TABLE nk_masked_avx2_f64_f32
-#include "kernels/simd/masked_simd_impl.h"
-#undef TABLE
-#undef SFX
-#undef MLOAD
-#undef MT
-#define MT double
-#define MLOAD vd_load_f64
-#define SFX f64_f64
-#define TABLE nk_masked_avx2_f64_f64
-#include "kernels/simd/masked_simd_impl.h"
-#undef TABLE
-#undef SFX
-#undef MLOAD
-#undef MT
-#undef T
+#define NK_MASKED_TABLE(sfx) nk_masked_avx2_##sfx
+#include "kernels/simd/masked_instances.h"
