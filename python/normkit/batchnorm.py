@@ -74,6 +74,19 @@ def _counter(num_batches_tracked):
     return ctypes.cast(n.ctypes.data, ctypes.POINTER(ctypes.c_int64))
 
 
+def _check_running(running_mean, running_var, training, momentum, num_batches_tracked):
+    """The running-statistics arguments of a forward; returns whether they are tracked."""
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must both be given or both be None")
+    track = running_mean is not None
+    if not training and not track:
+        raise ValueError("running_mean and running_var are required when training=False")
+    if training and track and momentum is None and num_batches_tracked is None:
+        raise ValueError("momentum=None (cumulative average) needs num_batches_tracked, "
+                         "e.g. np.zeros(1, np.int64), kept across calls")
+    return track
+
+
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
                momentum=DEFAULT_MOMENTUM, eps=DEFAULT_EPS, out=None, *,
                num_batches_tracked=None, fuse_relu=False):
@@ -99,14 +112,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     """
     x = _input(input)
     channels = x.shape[1]
-    if (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var must both be given or both be None")
-    track = running_mean is not None
-    if not training and not track:
-        raise ValueError("running_mean and running_var are required when training=False")
-    if training and track and momentum is None and num_batches_tracked is None:
-        raise ValueError("momentum=None (cumulative average) needs num_batches_tracked, "
-                         "e.g. np.zeros(1, np.int64), kept across calls")
+    track = _check_running(running_mean, running_var, training, momentum, num_batches_tracked)
 
     if out is None:
         y = np.empty_like(x)  # order='K': keeps the input's stride order
@@ -257,14 +263,7 @@ def batch_norm_add_relu(input, residual, running_mean, running_var, weight=None,
     if z.dtype != x.dtype:
         raise TypeError("residual dtype %s differs from input dtype %s" % (z.dtype, x.dtype))
     channels = x.shape[1]
-    if (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var must both be given or both be None")
-    track = running_mean is not None
-    if not training and not track:
-        raise ValueError("running_mean and running_var are required when training=False")
-    if training and track and momentum is None and num_batches_tracked is None:
-        raise ValueError("momentum=None (cumulative average) needs num_batches_tracked, "
-                         "e.g. np.zeros(1, np.int64), kept across calls")
+    track = _check_running(running_mean, running_var, training, momentum, num_batches_tracked)
     if out is None:
         y = np.empty_like(x)
     else:
