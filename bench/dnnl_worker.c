@@ -99,6 +99,33 @@ static void arg(slot *s, int kind, dnnl_memory_t m) {
     s->args[s->nargs++].memory = m;
 }
 
+/* The arguments of a batch or layer normalization forward (they take the same kinds). */
+static void bind_fwd(slot *s, dnnl_memory_t x, dnnl_memory_t y, dnnl_memory_t g, dnnl_memory_t b,
+                     dnnl_memory_t mean, dnnl_memory_t var) {
+    arg(s, DNNL_ARG_SRC, x);
+    arg(s, DNNL_ARG_DST, y);
+    arg(s, DNNL_ARG_SCALE, g);
+    arg(s, DNNL_ARG_SHIFT, b);
+    arg(s, DNNL_ARG_MEAN, mean);
+    arg(s, DNNL_ARG_VARIANCE, var);
+}
+
+/* ... and of its backward, replacing the forward's */
+static void bind_bwd(slot *s, dnnl_memory_t x, dnnl_memory_t mean, dnnl_memory_t var,
+                     dnnl_memory_t g, dnnl_memory_t b, dnnl_memory_t dy, dnnl_memory_t dx,
+                     dnnl_memory_t dg, dnnl_memory_t db) {
+    s->nargs = 0;
+    arg(s, DNNL_ARG_SRC, x);
+    arg(s, DNNL_ARG_MEAN, mean);
+    arg(s, DNNL_ARG_VARIANCE, var);
+    arg(s, DNNL_ARG_SCALE, g);
+    arg(s, DNNL_ARG_SHIFT, b); /* the backward pd asks for it too (2.6) */
+    arg(s, DNNL_ARG_DIFF_DST, dy);
+    arg(s, DNNL_ARG_DIFF_SRC, dx);
+    arg(s, DNNL_ARG_DIFF_SCALE, dg);
+    arg(s, DNNL_ARG_DIFF_SHIFT, db);
+}
+
 static int parse_shape(const char *str, dnnl_dims_t d, int *nd) {
     *nd = 0;
     const char *p = str;
@@ -189,12 +216,7 @@ static int setup(slot *s, const char *op, const char *pass, const char *shape, c
             snprintf(err, errlen, "out of memory");
             goto fail;
         }
-        arg(s, DNNL_ARG_SRC, x);
-        arg(s, DNNL_ARG_DST, y);
-        arg(s, DNNL_ARG_SCALE, g);
-        arg(s, DNNL_ARG_SHIFT, b);
-        arg(s, DNNL_ARG_MEAN, mean);
-        arg(s, DNNL_ARG_VARIANCE, var);
+        bind_fwd(s, x, y, g, b, mean, var);
         if (bwd) {
             /* statistics of one training forward, then the backward primitive alone */
             CHK(dnnl_primitive_create(&fprim, fpd), "bn forward primitive");
@@ -211,16 +233,7 @@ static int setup(slot *s, const char *op, const char *pass, const char *shape, c
                 snprintf(err, errlen, "out of memory");
                 goto fail;
             }
-            s->nargs = 0;
-            arg(s, DNNL_ARG_SRC, x);
-            arg(s, DNNL_ARG_MEAN, mean);
-            arg(s, DNNL_ARG_VARIANCE, var);
-            arg(s, DNNL_ARG_SCALE, g);
-            arg(s, DNNL_ARG_SHIFT, b); /* the backward pd asks for it too (2.6) */
-            arg(s, DNNL_ARG_DIFF_DST, dy);
-            arg(s, DNNL_ARG_DIFF_SRC, dx);
-            arg(s, DNNL_ARG_DIFF_SCALE, dg);
-            arg(s, DNNL_ARG_DIFF_SHIFT, db);
+            bind_bwd(s, x, mean, var, g, b, dy, dx, dg, db);
         }
     } else if (!strcmp(op, "ln")) {
         if (nd != 2 || strcmp(layout, "rows")) {
@@ -249,12 +262,7 @@ static int setup(slot *s, const char *op, const char *pass, const char *shape, c
             snprintf(err, errlen, "out of memory");
             goto fail;
         }
-        arg(s, DNNL_ARG_SRC, x);
-        arg(s, DNNL_ARG_DST, y);
-        arg(s, DNNL_ARG_SCALE, g);
-        arg(s, DNNL_ARG_SHIFT, b);
-        arg(s, DNNL_ARG_MEAN, mean);
-        arg(s, DNNL_ARG_VARIANCE, var);
+        bind_fwd(s, x, y, g, b, mean, var);
         if (bwd) {
             CHK(dnnl_primitive_create(&fprim, fpd), "ln forward primitive");
             CHK(dnnl_primitive_execute(fprim, stream, s->nargs, s->args), "ln forward");
@@ -270,16 +278,7 @@ static int setup(slot *s, const char *op, const char *pass, const char *shape, c
                 snprintf(err, errlen, "out of memory");
                 goto fail;
             }
-            s->nargs = 0;
-            arg(s, DNNL_ARG_SRC, x);
-            arg(s, DNNL_ARG_MEAN, mean);
-            arg(s, DNNL_ARG_VARIANCE, var);
-            arg(s, DNNL_ARG_SCALE, g);
-            arg(s, DNNL_ARG_SHIFT, b); /* the backward pd asks for it too (2.6) */
-            arg(s, DNNL_ARG_DIFF_DST, dy);
-            arg(s, DNNL_ARG_DIFF_SRC, dx);
-            arg(s, DNNL_ARG_DIFF_SCALE, dg);
-            arg(s, DNNL_ARG_DIFF_SHIFT, db);
+            bind_bwd(s, x, mean, var, g, b, dy, dx, dg, db);
         }
     } else {
         snprintf(err, errlen, "unknown op %s", op);
