@@ -17,11 +17,14 @@ and min are over all timed calls of all rounds.
 
 Writes OUT.csv (op, pass, shape, layout, threads, impl, median_us, min_us, gbps,
 ratio_to_copy, then calls and detail), OUT.md (machine, tables, target checks) and, unless
---quick, the marked section of docs/performance.md. Progress goes to stderr.
+--quick or a partial run (--ops, --threads, --shapes or --passes narrower than the standard
+set: written to bench/results/partial.*), the marked
+section of docs/performance.md. Progress goes to stderr.
 
     python3 bench/compare.py --normkit build/normkit --dnnl build/dnnl_worker
     python3 bench/compare.py ... --quick                 # smoke run: small shapes, 2 rounds
     python3 bench/compare.py ... --ops bn,ln --threads 1
+    python3 bench/compare.py ... --ops gn --shapes 64x512x7x7 --passes bwd   # partial run
 """
 import argparse
 import csv
@@ -402,6 +405,12 @@ def main():
     ap.add_argument("--python", default="/usr/bin/python3", help="the Python with Debian's torch")
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts [1,2]")
     ap.add_argument("--ops", default="bn,ln,gn,in,rms")
+    ap.add_argument("--shapes", default=None,
+                    help="comma-separated subset of the standard shapes (a partial run, as any narrower "
+                    "--ops/--threads/--passes: writes bench/results/partial.* unless --out and "
+                    "leaves docs/performance.md alone)")
+    ap.add_argument("--passes", default=None,
+                    help="comma-separated subset of fwd-train,fwd-infer,bwd (a partial run, as --shapes)")
     ap.add_argument("--rounds", type=int, default=None, help="rounds per case [5; 2 with --quick]")
     ap.add_argument("--target-ms", type=float, default=None,
                     help="time per entry per round, from which the calls per round follow [30; 5 with --quick]")
@@ -422,7 +431,14 @@ def main():
         if o not in PASSES:
             ap.error("unknown op %s" % o)
     threads_list = [int(t) for t in a.threads.split(",")]
-    out = a.out or os.path.join(ROOT, "bench", "results", "quick" if a.quick else "latest")
+    partial = (a.shapes is not None or a.passes is not None
+               or set(ops) != set(PASSES) or sorted(threads_list) != [1, 2])
+    out = a.out or os.path.join(ROOT, "bench", "results",
+                                "quick" if a.quick else "partial" if partial else "latest")
+    if partial:
+        a.no_docs = True
+    want_shapes = set(a.shapes.split(",")) if a.shapes else None
+    want_passes = set(a.passes.split(",")) if a.passes else None
     ch = ["8x64x28x28"] if a.quick else CHANNEL_SHAPES
     rs = ["512x768"] if a.quick else ROW_SHAPES
     cases = []
@@ -430,8 +446,13 @@ def main():
         for op in ops:
             shapes = rs if op in ("ln", "rms") else ch + ([OVERHEAD_SHAPE] if op == "bn" else [])
             for shape in shapes:
+                if want_shapes is not None and shape not in want_shapes:
+                    continue
                 for pas in PASSES[op]:
-                    cases.append((op, pas, shape, t))
+                    if want_passes is None or pas in want_passes:
+                        cases.append((op, pas, shape, t))
+    if not cases:
+        ap.error("no case matches --ops/--shapes/--passes")
     if not os.access(a.normkit, os.X_OK):
         sys.exit("compare: %s not found (make build first)" % a.normkit)
     have_dnnl = os.access(a.dnnl, os.X_OK)
