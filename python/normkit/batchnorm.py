@@ -110,7 +110,13 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     in training, invalid eps/momentum, ...); warns RuntimeWarning when the batch statistics
     are not finite (output written, running statistics left untouched).
     """
-    x = _input(input)
+    return _forward(_input(input), None, running_mean, running_var, weight, bias, training,
+                    momentum, eps, out, num_batches_tracked, fuse_relu)
+
+
+def _forward(x, z, running_mean, running_var, weight, bias, training, momentum, eps, out,
+             num_batches_tracked, fuse_relu):
+    """batch_norm (z None) or batch_norm_add_relu (z the residual, already checked)."""
     channels = x.shape[1]
     track = _check_running(running_mean, running_var, training, momentum, num_batches_tracked)
 
@@ -119,6 +125,8 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     else:
         y = check_out(out, "out", x.shape, x.dtype)
         check_alias(y, "out", x, "input", exact_ok=True)
+        if z is not None:
+            check_alias(y, "out", z, "residual", exact_ok=True)
 
     weight, bias = _optional_float(weight, "weight"), _optional_float(bias, "bias")
     if not training:
@@ -132,6 +140,8 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     ty = tensor(y, "out", writable=True)
     tg = _optional_channel(weight, "weight", channels)
     tb = _optional_channel(bias, "bias", channels)
+    # the fused calls take the residual right after x; the rest of the arguments are the same
+    head = (ref(tx),) if z is None else (ref(tx), ref(tensor(z, "residual")))
     if training:
         trm = trv = counter = None
         if track:
@@ -139,13 +149,16 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
             trv = channel_tensor(running_var, "running_var", channels, writable=True)
             if num_batches_tracked is not None:
                 counter = _counter(num_batches_tracked)
-        call(lib.nk_batchnorm_forward_train, ctypes.byref(p), ref(tx), ref(tg), ref(tb),
-             ref(ty), None, None, ref(trm), ref(trv), counter, None, 0)
+        fn = (lib.nk_batchnorm_forward_train if z is None
+              else lib.nk_batchnorm_add_relu_forward_train)
+        call(fn, ctypes.byref(p), *head, ref(tg), ref(tb), ref(ty), None, None, ref(trm),
+             ref(trv), counter, None, 0)
     else:
         trm = channel_tensor(running_mean, "running_mean", channels)
         trv = channel_tensor(running_var, "running_var", channels)
-        call(lib.nk_batchnorm_forward_inference, ctypes.byref(p), ref(tx), ref(tg), ref(tb),
-             ref(trm), ref(trv), ref(ty))
+        fn = (lib.nk_batchnorm_forward_inference if z is None
+              else lib.nk_batchnorm_add_relu_forward_inference)
+        call(fn, ctypes.byref(p), *head, ref(tg), ref(tb), ref(trm), ref(trv), ref(ty))
     return y
 
 
@@ -262,39 +275,8 @@ def batch_norm_add_relu(input, residual, running_mean, running_var, weight=None,
         raise ValueError("residual shape %s differs from input shape %s" % (z.shape, x.shape))
     if z.dtype != x.dtype:
         raise TypeError("residual dtype %s differs from input dtype %s" % (z.dtype, x.dtype))
-    channels = x.shape[1]
-    track = _check_running(running_mean, running_var, training, momentum, num_batches_tracked)
-    if out is None:
-        y = np.empty_like(x)
-    else:
-        y = check_out(out, "out", x.shape, x.dtype)
-        check_alias(y, "out", x, "input", exact_ok=True)
-        check_alias(y, "out", z, "residual", exact_ok=True)
-    weight, bias = _optional_float(weight, "weight"), _optional_float(bias, "bias")
-    if not (training and track):
-        momentum = DEFAULT_MOMENTUM  # unused, as in batch_norm
-    p = _params(eps, momentum, weight is not None, bias is not None, False)
-    tx, tz = tensor(x, "input"), tensor(z, "residual")
-    ty = tensor(y, "out", writable=True)
-    tg = _optional_channel(weight, "weight", channels)
-    tb = _optional_channel(bias, "bias", channels)
-    if training:
-        trm = trv = counter = None
-        if track:
-            trm = channel_tensor(running_mean, "running_mean", channels, writable=True)
-            trv = channel_tensor(running_var, "running_var", channels, writable=True)
-            if num_batches_tracked is not None:
-                counter = _counter(num_batches_tracked)
-        call(lib.nk_batchnorm_add_relu_forward_train, ctypes.byref(p), ref(tx), ref(tz),
-             ref(tg), ref(tb), ref(ty), None, None, ref(trm), ref(trv), counter, None, 0)
-    else:
-        running_mean = as_float_array(running_mean, "running_mean")
-        running_var = as_float_array(running_var, "running_var")
-        trm = channel_tensor(running_mean, "running_mean", channels)
-        trv = channel_tensor(running_var, "running_var", channels)
-        call(lib.nk_batchnorm_add_relu_forward_inference, ctypes.byref(p), ref(tx), ref(tz),
-             ref(tg), ref(tb), ref(trm), ref(trv), ref(ty))
-    return y
+    return _forward(x, z, running_mean, running_var, weight, bias, training, momentum, eps,
+                    out, num_batches_tracked, False)
 
 
 def batch_norm_add_relu_backward(grad_output, input, residual, weight=None, bias=None,
