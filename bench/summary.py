@@ -16,7 +16,7 @@ for k,v in sorted(d.items()):
         if (lay,'normkit') not in v: continue
         nk=v[(lay,'normkit')]
         peers={i:t for (l,i),t in v.items() if l==lay and i!='normkit'}
-        blk=v.get(('nchw16c','onednn'))
+        blk=v.get(('blocked','onednn'))
         best=min(peers.values()) if peers else None
         s=f"{k[0]:4} {k[1]:10} {k[2]:14} {k[3]} {lay:5} nk={nk:9.1f} "
         s+= f"bestpeer={best:9.1f} r={best/nk:5.2f}" if best else " "*26
