@@ -3,6 +3,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "kernels/gn_kernels.h"
 #include "ops/groupnorm_core.h"
 
 nk_status nk_gn_geom_init(nk_gn_geom *g, const nk_tensor *x, int64_t G) {
@@ -56,7 +57,25 @@ typedef struct gn_run {
     int rows;   /* the rows decomposition applies */
     int nt;     /* threads */
     int64_t nb; /* blocks per instance */
+    /* span kernels (kernels/gn_kernels.h), or NULL: instance (n, c) of tensor t is the S
+     * contiguous values at sbase[t] + n * sn[t] + c * S (elements of es bytes) */
+    const nk_gn_kernels *sk;
+    char *sbase[4];
+    int64_t sn[4];
+    size_t es;
+    int stream; /* the element-wise outputs are written with streaming stores */
 } gn_run;
+
+/* 1 if every instance (n, c) of t is one run of S values at n * strides[0] + c * S: the
+ * spatial axes packed row-major and the channels S apart (NCHW and a batch slice of it). */
+static int span_layout(const nk_tensor *t, int64_t S) {
+    int64_t want = 1;
+    for (int d = t->ndim - 1; d >= 2; d--) {
+        if (t->dims[d] != 1 && t->strides[d] != want) return 0;
+        want *= t->dims[d];
+    }
+    return t->dims[1] == 1 || t->strides[1] == S;
+}
 
 static void run_init(gn_run *u, const nk_ctx *ctx, const nk_gn_geom *g, int nts,
                      const nk_tensor *const *ts) {
@@ -67,6 +86,19 @@ static void run_init(gn_run *u, const nk_ctx *ctx, const nk_gn_geom *g, int nts,
     nk_cview_init(&u->v, nts, ts);
     u->rows = nk_view_rows(&u->v);
     if (!u->rows) nk_view_init_mask(&u->v, nts, ts, 0x3u);
+    u->sk = g->S > 1 && !u->rows ? nk_gn_kernels_for(ctx, ts[0]->dtype) : NULL;
+    u->es = nk_dtype_size(ts[0]->dtype);
+    u->stream = (int64_t)u->es * g->N * g->C * g->S >= NK_STREAM_MIN_BYTES;
+    for (int t = 0; t < nts && u->sk; t++) {
+        if (!span_layout(ts[t], g->S)) u->sk = NULL;
+        u->sbase[t] = ts[t]->data;
+        u->sn[t] = ts[t]->strides[0];
+    }
+}
+
+/* Element (n, c, 0) of tensor t in the span layout. */
+static inline void *span_at(const gn_run *u, int t, int64_t n, int64_t c) {
+    return u->sbase[t] + (n * u->sn[t] + c * u->g->S) * (int64_t)u->es;
 }
 
 static inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -334,6 +366,30 @@ static void fwd_unit(const gn_run *u, const nk_tensor *x, nk_tensor *y, int64_t 
     }
     int64_t r0, r1; /* rows [r0, r1): instances [r0 * CG, r1 * CG) */
     unit_span(g, w, &r0, &r1);
+    if (u->sk) { /* span kernels, one call per sample's part of the unit */
+        const int64_t i0 = r0 * g->CG, i1 = r1 * g->CG;
+        for (int64_t a = i0, b; a < i1; a = b) {
+            const int64_t n = a / g->C;
+            b = imin(i1, (n + 1) * g->C);
+            u->sk->moments(span_at(u, 0, n, a - n * g->C), g->S, b - a, &part[2 * a * u->nb]);
+        }
+        for (int64_t r = r0; r < r1; r++) {
+            stats_row(u, part, r, eps, o->mean, o->var, o->invstd);
+            const int64_t c0 = (r % g->G) * g->CG, ir = r * g->CG;
+            for (int64_t c = c0; c < c0 + g->CG; c++) { /* as coeffs_fwd */
+                cm[ir + c - c0] = o->mean[r];
+                ca[ir + c - c0] = gamma ? gamma[c] * o->invstd[r] : o->invstd[r];
+                cb[ir + c - c0] = beta ? beta[c] : 0.0;
+            }
+        }
+        for (int64_t a = i0, b; a < i1; a = b) {
+            const int64_t n = a / g->C, c = a - n * g->C;
+            b = imin(i1, (n + 1) * g->C);
+            u->sk->normalize(span_at(u, 0, n, c), span_at(u, 1, n, c), g->S, b - a, cm + a,
+                             ca + a, cb + a, u->stream);
+        }
+        return;
+    }
     for (int64_t i = r0 * g->CG; i < r1 * g->CG; i++) mom_inst(u, x->data, i, part);
     for (int64_t r = r0; r < r1; r++) stats_row(u, part, r, eps, o->mean, o->var, o->invstd);
     for (int64_t r = r0; r < r1; r++) {
@@ -533,6 +589,24 @@ static void bwd_unit(const gn_run *u, const nk_tensor *x, const nk_tensor *dy, n
     }
     int64_t r0, r1; /* rows [r0, r1): instances [r0 * CG, r1 * CG) */
     unit_span(g, wi, &r0, &r1);
+    if (u->sk) { /* span kernels, one call per sample's part of the unit */
+        const int64_t i0 = r0 * g->CG, i1 = r1 * g->CG;
+        for (int64_t a = i0, b; a < i1; a = b) {
+            const int64_t n = a / g->C, c = a - n * g->C;
+            b = imin(i1, (n + 1) * g->C);
+            u->sk->bwd_reduce(span_at(u, 0, n, c), span_at(u, 1, n, c), g->S, b - a, w->cm + a,
+                              &w->part[BWD_PARTS * a * u->nb]);
+        }
+        for (int64_t r = r0; r < r1; r++) merge_row_bwd(g, u->nb, r, w);
+        if (!dx) return;
+        for (int64_t a = i0, b; a < i1; a = b) {
+            const int64_t n = a / g->C, c = a - n * g->C;
+            b = imin(i1, (n + 1) * g->C);
+            u->sk->bwd_apply(span_at(u, 0, n, c), span_at(u, 1, n, c), span_at(u, 2, n, c),
+                             g->S, b - a, w->cm + a, w->kg + a, w->kx + a, w->k0 + a, u->stream);
+        }
+        return;
+    }
     for (int64_t i = r0 * g->CG; i < r1 * g->CG; i++) red_inst(u, x, dy, i, w->cm[i], w->part);
     for (int64_t r = r0; r < r1; r++) merge_row_bwd(g, u->nb, r, w);
     if (dx)
@@ -604,15 +678,16 @@ static void backward(const nk_ctx *ctx, const nk_gn_geom *g, const nk_tensor *x,
             }
         }
     }
-    for (int64_t c = 0; c < C; c++) { /* fixed order over n */
-        double dg = 0.0, db = 0.0;
-        for (int64_t n = 0; n < N; n++) {
-            dg += invstd[n * G + c / CG] * w.sgx[n * C + c];
-            db += w.sg[n * C + c];
+    /* per channel, in a fixed order over n (sample-major loops: contiguous reads) */
+    for (int64_t c = 0; c < C; c++) dgamma[c] = dbeta[c] = 0.0;
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t gr = 0, c = 0; gr < G; gr++) {
+            const double is = invstd[n * G + gr];
+            for (const int64_t c1 = c + CG; c < c1; c++) {
+                dgamma[c] += is * w.sgx[n * C + c];
+                dbeta[c] += w.sg[n * C + c];
+            }
         }
-        dgamma[c] = dg;
-        dbeta[c] = db;
-    }
 }
 nk_status nk_gn_backward_op(nk_ctx *ctx, const char *op, int64_t G, unsigned flags,
                             const nk_tensor *x, const nk_tensor *dy, const nk_tensor *gamma,

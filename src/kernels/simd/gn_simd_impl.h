@@ -1,0 +1,243 @@
+/* Group-norm span kernels (kernels/gn_kernels.h), instantiated for one element type and one
+ * instruction set. Before inclusion: the ISA's vector layer, T = the element type, SFX = f32
+ * or f64, TABLE = the name of the table to define.
+ *
+ * Each function is, instance by instance and block by block, the stride-1 path of its
+ * namesake in kernels/simd/bn_simd_impl.h for a run that starts its block (block position 0):
+ * full 16-value chunks with plain vector operations, the last partial chunk with masked loads
+ * and masked accumulation, vd_sum16's tree, then the same finishing arithmetic; element-wise
+ * results by the same FMA expressions (the scalar loop above each function). So the partials
+ * and outputs are bitwise those of the per-channel kernels. What the span saves is per-call
+ * work: no segment iterator, no prefetch walkers (consecutive instances are consecutive in
+ * memory, which the hardware prefetchers stream), no indirect call per (instance, block). */
+#include <math.h>
+#include <stdint.h>
+
+#include "kernels/simd/lanes16.h"
+
+#define NK_SCAT2(a, b) a##b
+#define NK_SCAT(a, b) NK_SCAT2(a, b)
+#define SFN(name) NK_SCAT(gn_##name, SFX)
+#define LD NK_SCAT(vd_load_, SFX)
+#define ST NK_SCAT(vd_store_, SFX)
+#define MLD NK_SCAT(vd_maskload_, SFX)
+#define SST NK_SCAT(vd_stream_, SFX)
+#define MST NK_SCAT(gn_maskstore_, SFX) /* defined by the ISA's gn_<isa>.c */
+#define NK_UNROLL _Pragma("GCC unroll 8")
+
+static inline int64_t SFN(min_)(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* Lanes [0, hi) of a 16-lane chunk, restricted to vector k: the mask of its lanes, 0 if none
+ * (bn_simd_impl.h's vec_lanes_ with lo = 0). */
+NK_VEC_INLINE int SFN(tail_lanes_)(int hi, int k, vmask *m) {
+    const int l1 = hi - k * VW > VW ? VW : hi - k * VW;
+    if (l1 <= 0) return 0;
+    *m = vm_range(0, l1);
+    return 1;
+}
+
+/* Values before q is aligned for a streaming store (VW elements), at most n. */
+NK_VEC_INLINE int64_t SFN(head_)(const T *q, int64_t n) {
+    const uintptr_t al = (uintptr_t)(VW * sizeof(T)), mis = (uintptr_t)q % al;
+    if (mis % sizeof(T)) return n; /* not even element-aligned: never aligned */
+    const int64_t h = mis ? (int64_t)((al - mis) / sizeof(T)) : 0;
+    return h < n ? h : n;
+}
+
+/* Lane sums of a batch of blocks wait in 16-value rows of a buffer for gn_sum16x8 (defined by
+ * the ISA's gn_<isa>.c), which runs lanes16.h's tree on 8 of them at once (bwd_reduce_: per
+ * block, one tree per sum was a third of its time at S = 49). */
+#define GN_TREES 8
+
+/* Stores the 16 lane sums a[] in row t. */
+NK_VEC_INLINE void SFN(put_lanes_)(double *t, const vd *a) {
+    NK_UNROLL for (int k = 0; k < NK_LANE_VECS; k++) vd_store_f64(t + k * VW, a[k]);
+}
+
+/* ---- moments ------------------------------------------------------------------------------
+ * per block (n values at p, s = p[0]), q = position in the block:
+ *     d = (double)x - s;  l = q % 16;  S1[l] += d;  S2[l] = fma(d, d, S2[l]);
+ *     mean = s + S1 / n;  m2 = S2 - S1 * S1 / n  (0 if negative by rounding)
+ * One tree per sum here, unlike bwd_reduce_: measured at S = 49, batching the trees (and the
+ * divisions) made the forward 25% slower, as the divisions then issue back to back. */
+static void SFN(moments_)(const void *xv, int64_t S, int64_t ni, double *part) {
+    const T *x = xv;
+    const int64_t nb = nk_num_blocks(S);
+    for (int64_t j = 0; j < ni; j++)
+        for (int64_t b = 0; b < nb; b++) {
+            const T *p = x + j * S + b * NK_BLOCK_ELEMS;
+            const int64_t n = SFN(min_)(NK_BLOCK_ELEMS, S - b * NK_BLOCK_ELEMS);
+            const double s = (double)p[0];
+            const vd vs = vd_set1(s);
+            vd a1[NK_LANE_VECS], a2[NK_LANE_VECS];
+            NK_UNROLL for (int k = 0; k < NK_LANE_VECS; k++) a1[k] = a2[k] = vd_zero();
+            int64_t i = 0;
+            for (; i + NK_LANES <= n; i += NK_LANES)
+                NK_UNROLL for (int k = 0; k < NK_LANE_VECS; k++) {
+                    const vd d = vd_sub(LD(p + i + k * VW), vs);
+                    a1[k] = vd_add(a1[k], d);
+                    a2[k] = vd_fmadd(d, d, a2[k]);
+                }
+            if (i < n)
+                NK_UNROLL for (int k = 0; k < NK_LANE_VECS; k++) {
+                    vmask m;
+                    if (!SFN(tail_lanes_)((int)(n - i), k, &m)) continue;
+                    const vd d = vd_sub(MLD(p + i + k * VW, m), vs);
+                    a1[k] = vd_mask_add(a1[k], m, d);
+                    a2[k] = vd_mask_fmadd(d, d, a2[k], m);
+                }
+            const double S1 = vd_sum16(a1), S2 = vd_sum16(a2), cnt = (double)n;
+            const double q = S2 - S1 * S1 / cnt;
+            double *o = &part[2 * (j * nb + b)];
+            o[0] = s + S1 / cnt;
+            o[1] = q < 0.0 ? 0.0 : q; /* NaN stays NaN */
+        }
+}
+
+/* ---- normalize ----------------------------------------------------------------------------
+ *     y[i] = (T)fma((double)x[i] - mean[j], a[j], b[j]) */
+static void SFN(normalize_)(const void *xv, void *yv, int64_t S, int64_t ni, const double *mean,
+                            const double *a, const double *b, int stream) {
+    const T *x = xv;
+    T *y = yv;
+    for (int64_t j = 0; j < ni; j++) {
+        const T *p = x + j * S;
+        T *q = y + j * S;
+        const double mj = mean[j], aj = a[j], bj = b[j];
+        const vd vm = vd_set1(mj), va = vd_set1(aj), vb = vd_set1(bj);
+        int64_t i = 0;
+        if (stream) {
+            for (const int64_t h = SFN(head_)(q, S); i < h; i++)
+                q[i] = (T)fma((double)p[i] - mj, aj, bj);
+            for (; i + VW <= S; i += VW) SST(q + i, vd_fmadd(vd_sub(LD(p + i), vm), va, vb));
+        } else {
+            for (; i + 2 * VW <= S; i += 2 * VW) {
+                const vd o0 = vd_fmadd(vd_sub(LD(p + i), vm), va, vb);
+                const vd o1 = vd_fmadd(vd_sub(LD(p + i + VW), vm), va, vb);
+                ST(q + i, o0);
+                ST(q + i + VW, o1);
+            }
+            for (; i + VW <= S; i += VW) ST(q + i, vd_fmadd(vd_sub(LD(p + i), vm), va, vb));
+            if (i < S) {
+                const vmask m = vm_range(0, (int)(S - i));
+                MST(q + i, m, vd_fmadd(vd_sub(MLD(p + i, m), vm), va, vb));
+                continue;
+            }
+        }
+        for (; i < S; i++) q[i] = (T)fma((double)p[i] - mj, aj, bj);
+    }
+    if (stream) vd_stream_fence();
+}
+
+/* ---- backward reduction -------------------------------------------------------------------
+ * per block, q = position in the block: g = (double)dy;  d = (double)x - mean[j];  l = q % 16;
+ *     G[l] += g;  GX[l] = fma(g, d, GX[l]);  X[l] += d;   then the tree over each.
+ * The two plain sums are taken on the FMA pipes as fma(v, 1, acc), the same bits as acc + v
+ * (bn_simd_impl.h, acc_). Blocks in batches of 8 (24 sums, 3 trees of 8): the sums of block e
+ * of a batch are rows 3e, 3e + 1, 3e + 2, which is where its partials go. */
+static void SFN(bwd_reduce_)(const void *xv, const void *dyv, int64_t S, int64_t ni,
+                             const double *mean, double *part) {
+    const T *x = xv, *dy = dyv;
+    const int64_t nb = nk_num_blocks(S), nbt = ni * nb;
+    const vd one = vd_set1(1.0);
+    _Alignas(64) double t[3 * GN_TREES][NK_LANES];
+    int64_t j = 0, b = 0; /* the next block: instance j, block b */
+    for (int64_t e0 = 0; e0 < nbt; e0 += GN_TREES) {
+        const int ne = (int)SFN(min_)(GN_TREES, nbt - e0);
+        for (int e = 0; e < ne; e++) {
+            const int64_t o = j * S + b * NK_BLOCK_ELEMS;
+            const T *p = x + o, *g = dy + o;
+            const int64_t n = SFN(min_)(NK_BLOCK_ELEMS, S - b * NK_BLOCK_ELEMS);
+            const vd vm = vd_set1(mean[j]);
+            if (++b == nb) b = 0, j++;
+            vd ag[NK_LANE_VECS], agx[NK_LANE_VECS], ax[NK_LANE_VECS];
+            NK_UNROLL for (int k = 0; k < NK_LANE_VECS; k++) ag[k] = agx[k] = ax[k] = vd_zero();
+            int64_t i = 0;
+            for (; i + NK_LANES <= n; i += NK_LANES)
+                NK_UNROLL for (int k = 0; k < NK_LANE_VECS; k++) {
+                    const vd gv = LD(g + i + k * VW);
+                    const vd d = vd_sub(LD(p + i + k * VW), vm);
+                    ag[k] = vd_fmadd(gv, one, ag[k]);
+                    agx[k] = vd_fmadd(gv, d, agx[k]);
+                    ax[k] = vd_fmadd(d, one, ax[k]);
+                }
+            if (i < n)
+                NK_UNROLL for (int k = 0; k < NK_LANE_VECS; k++) {
+                    vmask m;
+                    if (!SFN(tail_lanes_)((int)(n - i), k, &m)) continue;
+                    const vd gv = MLD(g + i + k * VW, m);
+                    const vd d = vd_sub(MLD(p + i + k * VW, m), vm);
+                    ag[k] = vd_mask_add(ag[k], m, gv);
+                    agx[k] = vd_mask_fmadd(gv, d, agx[k], m);
+                    ax[k] = vd_mask_add(ax[k], m, d);
+                }
+            SFN(put_lanes_)(t[3 * e], ag);
+            SFN(put_lanes_)(t[3 * e + 1], agx);
+            SFN(put_lanes_)(t[3 * e + 2], ax);
+        }
+        double *o = &part[3 * e0];
+        if (ne == GN_TREES) {
+            for (int h = 0; h < 3; h++) gn_sum16x8(&t[h * GN_TREES][0], o + h * GN_TREES);
+            continue;
+        }
+        for (int e = 3 * ne; e < 3 * GN_TREES; e++)
+            for (int l = 0; l < NK_LANES; l++) t[e][l] = 0.0;
+        double out[3 * GN_TREES];
+        for (int h = 0; h < 3; h++) gn_sum16x8(&t[h * GN_TREES][0], out + h * GN_TREES);
+        for (int e = 0; e < 3 * ne; e++) o[e] = out[e];
+    }
+}
+
+/* ---- backward apply -----------------------------------------------------------------------
+ *     dx[i] = (T)fma(kx[j], (double)x[i] - mean[j], fma(kg[j], (double)dy[i], k0[j])) */
+NK_VEC_INLINE vd SFN(dx_)(vd g, vd x, vd m, vd kg, vd kx, vd k0) {
+    return vd_fmadd(kx, vd_sub(x, m), vd_fmadd(kg, g, k0));
+}
+
+static void SFN(bwd_apply_)(const void *xv, const void *dyv, void *dxv, int64_t S, int64_t ni,
+                            const double *mean, const double *kg, const double *kx,
+                            const double *k0, int stream) {
+    const T *x = xv, *dy = dyv;
+    T *dx = dxv;
+    for (int64_t j = 0; j < ni; j++) {
+        const T *p = x + j * S, *g = dy + j * S;
+        T *q = dx + j * S;
+        const double mj = mean[j], gj = kg[j], xj = kx[j], zj = k0[j];
+        const vd vm = vd_set1(mj), vkg = vd_set1(gj), vkx = vd_set1(xj), vk0 = vd_set1(zj);
+        int64_t i = 0;
+        if (stream) {
+            for (const int64_t h = SFN(head_)(q, S); i < h; i++)
+                q[i] = (T)fma(xj, (double)p[i] - mj, fma(gj, (double)g[i], zj));
+            for (; i + VW <= S; i += VW)
+                SST(q + i, SFN(dx_)(LD(g + i), LD(p + i), vm, vkg, vkx, vk0));
+        } else {
+            for (; i + 2 * VW <= S; i += 2 * VW) {
+                const vd o0 = SFN(dx_)(LD(g + i), LD(p + i), vm, vkg, vkx, vk0);
+                const vd o1 = SFN(dx_)(LD(g + i + VW), LD(p + i + VW), vm, vkg, vkx, vk0);
+                ST(q + i, o0);
+                ST(q + i + VW, o1);
+            }
+            for (; i + VW <= S; i += VW) ST(q + i, SFN(dx_)(LD(g + i), LD(p + i), vm, vkg, vkx, vk0));
+            if (i < S) {
+                const vmask m = vm_range(0, (int)(S - i));
+                MST(q + i, m, SFN(dx_)(MLD(g + i, m), MLD(p + i, m), vm, vkg, vkx, vk0));
+                continue;
+            }
+        }
+        for (; i < S; i++) q[i] = (T)fma(xj, (double)p[i] - mj, fma(gj, (double)g[i], zj));
+    }
+    if (stream) vd_stream_fence();
+}
+
+const nk_gn_kernels TABLE = {SFN(moments_), SFN(normalize_), SFN(bwd_reduce_), SFN(bwd_apply_)};
+
+#undef NK_UNROLL
+#undef GN_TREES
+#undef MST
+#undef SST
+#undef MLD
+#undef ST
+#undef LD
+#undef SFN
+#undef NK_SCAT
+#undef NK_SCAT2
