@@ -6,6 +6,12 @@
  * groups), so the per-call costs of the per-channel kernels (the view's segment iterator,
  * the prefetch walkers, an indirect call) are paid once per span instead of once per
  * (instance, block): at S = 49 (7x7) they were most of the time.
+ * The two rows_ reductions are the same for the channels innermost (NHWC), a sample at a
+ * time: like the rows kernels of kernels.h they give each channel the lane sums of the
+ * per-channel kernels, but they merge the 16 lanes with vectors along the channels (the
+ * tree of lanes16.h, the same additions) and finish the moments with vector divisions,
+ * where the rows kernels take the tree and the division channel by channel in scalar code:
+ * at S = 49 that was as much work as the sums themselves.
  *
  * Results: bitwise those of the optimized per-(instance, block) kernels of the same
  * instruction set on the same values (the same 16 position-indexed lanes per block, the same
@@ -37,6 +43,14 @@ typedef struct nk_gn_kernels {
     void (*bwd_apply)(const void *x, const void *dy, void *dx, int64_t S, int64_t ni,
                       const double *mean, const double *kg, const double *kx, const double *k0,
                       int stream);
+
+    /* ---- channels innermost (NHWC): one sample, S rows of C channels, row s at x + s * ld
+     * (resp. dy + s * ldd), the channels contiguous; block b of channel c is its rows
+     * [b*B, min((b+1)*B, S)), partials at part[P * (c * nb + b) + k] as above ---- */
+    void (*rows_moments)(const void *x, int64_t ld, int64_t S, int64_t C, double *part);
+    /* mean: (C), the mean of each channel's row */
+    void (*rows_bwd_reduce)(const void *x, int64_t ld, const void *dy, int64_t ldd, int64_t S,
+                            int64_t C, const double *mean, double *part);
 } nk_gn_kernels;
 
 /* The span kernels of the context's instruction set for dtype dt, or NULL when it runs the

@@ -63,6 +63,10 @@ typedef struct gn_run {
     char *sbase[4];
     int64_t sn[4];
     size_t es;
+    /* the rows reductions of the span kernels (channels innermost), or NULL: element
+     * (n, c, s) of tensor t at sbase[t] + n * sn[t] + c + s * sld[t] */
+    const nk_gn_kernels *rk;
+    int64_t sld[4];
     int stream; /* the element-wise outputs are written with streaming stores */
 } gn_run;
 
@@ -77,6 +81,24 @@ static int span_layout(const nk_tensor *t, int64_t S) {
     return t->dims[1] == 1 || t->strides[1] == S;
 }
 
+/* 1 if the channels of t are contiguous and its spatial positions s (row-major over the
+ * spatial axes) are *ld apart: element (n, c, s) at n * strides[0] + c + s * ld (NHWC). */
+static int rows_layout(const nk_tensor *t, int64_t *ld) {
+    if (t->strides[1] != 1) return 0;
+    int64_t want = -1;
+    *ld = 0;
+    for (int d = t->ndim - 1; d >= 2; d--) {
+        if (t->dims[d] == 1) continue;
+        if (want < 0) {
+            *ld = t->strides[d];
+        } else if (t->strides[d] != want) {
+            return 0;
+        }
+        want = t->strides[d] * t->dims[d];
+    }
+    return 1;
+}
+
 static void run_init(gn_run *u, const nk_ctx *ctx, const nk_gn_geom *g, int nts,
                      const nk_tensor *const *ts) {
     u->g = g;
@@ -89,11 +111,18 @@ static void run_init(gn_run *u, const nk_ctx *ctx, const nk_gn_geom *g, int nts,
     u->sk = g->S > 1 && !u->rows ? nk_gn_kernels_for(ctx, ts[0]->dtype) : NULL;
     u->es = nk_dtype_size(ts[0]->dtype);
     u->stream = (int64_t)u->es * g->N * g->C * g->S >= NK_STREAM_MIN_BYTES;
-    for (int t = 0; t < nts && u->sk; t++) {
-        if (!span_layout(ts[t], g->S)) u->sk = NULL;
+    u->rk = g->S > 1 && u->rows ? nk_gn_kernels_for(ctx, ts[0]->dtype) : NULL;
+    for (int t = 0; t < nts; t++) {
+        if (u->sk && !span_layout(ts[t], g->S)) u->sk = NULL;
+        if (u->rk && !rows_layout(ts[t], &u->sld[t])) u->rk = NULL;
         u->sbase[t] = ts[t]->data;
         u->sn[t] = ts[t]->strides[0];
     }
+}
+
+/* Element (n, 0, 0) of tensor t in the rows layout. */
+static inline void *rows_at(const gn_run *u, int t, int64_t n) {
+    return u->sbase[t] + n * u->sn[t] * (int64_t)u->es;
 }
 
 /* Element (n, c, 0) of tensor t in the span layout. */
@@ -354,8 +383,11 @@ static void fwd_unit(const gn_run *u, const nk_tensor *x, nk_tensor *y, int64_t 
     const nk_gn_geom *g = u->g;
     if (u->rows) { /* sample w */
         const int64_t nch = nk_rows_chunks(g->C);
-        for (int64_t b = 0; b < u->nb; b++)
-            for (int64_t ch = 0; ch < nch; ch++) mom_rows(u, x->data, w, b, ch, part);
+        if (u->rk)
+            u->rk->rows_moments(rows_at(u, 0, w), u->sld[0], g->S, g->C, &part[2 * w * g->C * u->nb]);
+        else
+            for (int64_t b = 0; b < u->nb; b++)
+                for (int64_t ch = 0; ch < nch; ch++) mom_rows(u, x->data, w, b, ch, part);
         for (int64_t r = w * g->G; r < (w + 1) * g->G; r++)
             stats_row(u, part, r, eps, o->mean, o->var, o->invstd);
         coeffs_fwd(g, w, o->mean, o->invstd, gamma, beta, cm, ca, cb);
@@ -411,6 +443,7 @@ int64_t nk_gn_forward_train(const nk_ctx *ctx, const nk_gn_geom *g, double eps, 
     o->gamma = o->invstd + g->R;
     o->beta = o->gamma + g->C;
     double *cm = o->beta + g->C, *ca = cm + NC, *cb = ca + NC;
+    o->scratch = cm;
     const double *gm = load_vec_if(flags, NK_NORM_USE_SCALE, gamma, o->gamma);
     const double *bt = load_vec_if(flags, NK_NORM_USE_SHIFT, beta, o->beta);
 
@@ -578,8 +611,13 @@ static void bwd_unit(const gn_run *u, const nk_tensor *x, const nk_tensor *dy, n
     const nk_gn_geom *g = u->g;
     if (u->rows) { /* sample wi */
         const int64_t nch = nk_rows_chunks(g->C);
-        for (int64_t b = 0; b < u->nb; b++)
-            for (int64_t ch = 0; ch < nch; ch++) red_rows(u, x, dy, wi, b, ch, w);
+        if (u->rk)
+            u->rk->rows_bwd_reduce(rows_at(u, 0, wi), u->sld[0], rows_at(u, 1, wi), u->sld[1], g->S,
+                                   g->C, w->cm + wi * g->C,
+                                   &w->part[BWD_PARTS * wi * g->C * u->nb]);
+        else
+            for (int64_t b = 0; b < u->nb; b++)
+                for (int64_t ch = 0; ch < nch; ch++) red_rows(u, x, dy, wi, b, ch, w);
         for (int64_t r = wi * g->G; r < (wi + 1) * g->G; r++) merge_row_bwd(g, u->nb, r, w);
         if (!dx) return;
         const int64_t rt = rows_per_task(g->C);

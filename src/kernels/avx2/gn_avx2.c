@@ -21,6 +21,9 @@ NK_VEC_INLINE void gn_sum16x8(const double *t, double *out) {
     }
 }
 
+/* a / b per lane (IEEE division: the bits of the scalar one) */
+NK_VEC_INLINE vd gn_div(vd a, vd b) { return _mm256_div_pd(a, b); }
+
 extern const nk_gn_kernels nk_gn_avx2_f32, nk_gn_avx2_f64;
 
 #define T float

@@ -32,6 +32,9 @@ NK_VEC_INLINE void gn_sum16x8(const double *t, double *out) {
     _mm512_storeu_pd(out, _mm512_permutexvar_pd(_mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7), r));
 }
 
+/* a / b per lane (IEEE division: the bits of the scalar one) */
+NK_VEC_INLINE vd gn_div(vd a, vd b) { return _mm512_div_pd(a, b); }
+
 extern const nk_gn_kernels nk_gn_avx512_f32, nk_gn_avx512_f64;
 
 #define T float

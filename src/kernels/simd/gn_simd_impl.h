@@ -229,9 +229,187 @@ static void SFN(bwd_apply_)(const void *xv, const void *dyv, void *dxv, int64_t 
     if (stream) vd_stream_fence();
 }
 
-const nk_gn_kernels TABLE = {SFN(moments_), SFN(normalize_), SFN(bwd_reduce_), SFN(bwd_apply_)};
+/* ---- channels innermost (NHWC) -----------------------------------------------------------
+ * A panel of up to NK_RPV_* vectors of channels at a time, block by block; within a block,
+ * tiles of GN_RT rows, and within a tile lane by lane (lane l: the rows at block positions
+ * q = l, l + 16, ...), so that a lane's sums for the panel stay in registers while it walks
+ * its rows, and wait in L[l] between tiles (L1). Each lane adds its values in position order
+ * from 0, as the per-channel kernels do. Then the tree of lanes16.h with vectors along the
+ * channels, and the finishing arithmetic with vectors too. The next tile's rows are
+ * prefetched meanwhile (rows are ld apart). */
+#define GN_RT 128 /* rows per tile, a multiple of 16 */
+
+/* Vector k of a panel of np vectors whose last holds wl channels (masked if wl < VW). */
+NK_VEC_INLINE vd SFN(pld_)(const T *p, int k, int np, int wl, vmask ml) {
+    return k == np - 1 && wl < VW ? MLD(p, ml) : LD(p);
+}
+
+/* t[16][PW]: lanes by row; out[k] = the tree over the lanes of vector k of the panel:
+ *     u[l] = t[l] + t[l + 8],  w[l] = u[l] + u[l + 4],  (w[0] + w[2]) + (w[1] + w[3]) */
+NK_VEC_INLINE vd SFN(vtree_)(const double *t, int64_t pw, int k) {
+    vd u[8], w[4];
+    NK_UNROLL for (int l = 0; l < 8; l++)
+        u[l] = vd_add(vd_load_f64(t + l * pw + k * VW), vd_load_f64(t + (l + 8) * pw + k * VW));
+    NK_UNROLL for (int l = 0; l < 4; l++) w[l] = vd_add(u[l], u[l + 4]);
+    return vd_add(vd_add(w[0], w[2]), vd_add(w[1], w[3]));
+}
+
+/* Prefetches the panel's strip (bytes) of the row at p. */
+NK_VEC_INLINE void SFN(pf_strip_)(const T *p, int64_t bytes) {
+    const char *a = (const char *)p;
+    for (int64_t o = 0; o < bytes; o += 64) nk_prefetch(a + o);
+    nk_prefetch(a + bytes - 1);
+}
+
+/* moments of channels [c0, c0 + (np - 1) * VW + wl), rows [r0, r0 + n) (block b):
+ *     per channel: s = x[r0];  d = x - s;  S1[l] += d;  S2[l] = fma(d, d, S2[l]);
+ *     mean = s + S1 / n,  m2 = max(0, S2 - S1 * S1 / n) (NaN stays NaN) */
+NK_VEC_INLINE void SFN(rmom_panel_)(const T *x, int64_t ld, int64_t c0, const int np,
+                                    const int wl, int64_t r0, int64_t n, int64_t nb, int64_t b,
+                                    double *part) {
+    enum { PW = NK_RPV_MOM * VW };
+    const vmask ml = vm_range(0, wl);
+    const int64_t strip = (int64_t)((np - 1) * VW + wl) * (int64_t)sizeof(T);
+    _Alignas(64) double L1[NK_LANES][PW], L2[NK_LANES][PW];
+    vd s[NK_RPV_MOM];
+    NK_UNROLL for (int k = 0; k < NK_RPV_MOM; k++)
+        s[k] = k < np ? SFN(pld_)(x + r0 * ld + c0 + k * VW, k, np, wl, ml) : vd_zero();
+    for (int64_t t0 = 0; t0 < n; t0 += GN_RT) {
+        const int64_t t1 = SFN(min_)(t0 + GN_RT, n), tn = SFN(min_)(t1 + GN_RT, n);
+        for (int l = 0; l < NK_LANES; l++) {
+            vd a1[NK_RPV_MOM], a2[NK_RPV_MOM];
+            NK_UNROLL for (int k = 0; k < NK_RPV_MOM; k++) {
+                a1[k] = t0 && k < np ? vd_load_f64(L1[l] + k * VW) : vd_zero();
+                a2[k] = t0 && k < np ? vd_load_f64(L2[l] + k * VW) : vd_zero();
+            }
+            for (int64_t q = t0 + l; q < t1; q += NK_LANES) {
+                const T *p = x + (r0 + q) * ld + c0;
+                if (q + GN_RT < tn) SFN(pf_strip_)(p + GN_RT * ld, strip);
+                NK_UNROLL for (int k = 0; k < NK_RPV_MOM; k++) if (k < np) {
+                    const vd d = vd_sub(SFN(pld_)(p + k * VW, k, np, wl, ml), s[k]);
+                    a1[k] = vd_add(a1[k], d);
+                    a2[k] = vd_fmadd(d, d, a2[k]);
+                }
+            }
+            NK_UNROLL for (int k = 0; k < NK_RPV_MOM; k++) if (k < np) {
+                vd_store_f64(L1[l] + k * VW, a1[k]);
+                vd_store_f64(L2[l] + k * VW, a2[k]);
+            }
+        }
+    }
+    const vd cnt = vd_set1((double)n);
+    _Alignas(64) double mean[PW], m2[PW];
+    NK_UNROLL for (int k = 0; k < NK_RPV_MOM; k++) if (k < np) {
+        const vd S1 = SFN(vtree_)(&L1[0][0], PW, k), S2 = SFN(vtree_)(&L2[0][0], PW, k);
+        vd_store_f64(mean + k * VW, vd_add(s[k], gn_div(S1, cnt)));
+        vd_store_f64(m2 + k * VW, vd_relu(vd_sub(S2, gn_div(vd_mul(S1, S1), cnt))));
+    }
+    for (int j = 0; j < (np - 1) * VW + wl; j++) {
+        double *o = &part[2 * ((c0 + j) * nb + b)];
+        o[0] = mean[j];
+        o[1] = m2[j];
+    }
+}
+
+static void SFN(rows_moments_)(const void *xv, int64_t ld, int64_t S, int64_t C, double *part) {
+    const T *x = xv;
+    const int64_t nb = nk_num_blocks(S), nvec = (C + VW - 1) / VW;
+    for (int64_t b = 0; b < nb; b++) {
+        const int64_t r0 = b * NK_BLOCK_ELEMS, n = SFN(min_)(NK_BLOCK_ELEMS, S - r0);
+        for (int64_t pv = 0; pv < nvec; pv += NK_RPV_MOM) {
+            const int np = (int)SFN(min_)(nvec - pv, NK_RPV_MOM);
+            const int wl = (int)SFN(min_)(C - (pv + np - 1) * VW, VW);
+            if (np == NK_RPV_MOM && wl == VW) /* a full panel: constant shape, no masks */
+                SFN(rmom_panel_)(x, ld, pv * VW, NK_RPV_MOM, VW, r0, n, nb, b, part);
+            else
+                SFN(rmom_panel_)(x, ld, pv * VW, np, wl, r0, n, nb, b, part);
+        }
+    }
+}
+
+/* backward sums of channels [c0, c0 + (np - 1) * VW + wl), rows [r0, r0 + n) (block b):
+ *     per channel: g = dy;  d = x - mean;  G[l] += g;  GX[l] = fma(g, d, GX[l]);  X[l] += d
+ * (the plain sums as fma(v, 1, acc), as bwd_reduce_) */
+NK_VEC_INLINE void SFN(rbwd_panel_)(const T *x, int64_t ld, const T *dy, int64_t ldd,
+                                    int64_t c0, const int np, const int wl, int64_t r0,
+                                    int64_t n, const double *mean, int64_t nb, int64_t b,
+                                    double *part) {
+    enum { PW = NK_RPV_BWD * VW };
+    const vmask ml = vm_range(0, wl);
+    const int64_t strip = (int64_t)((np - 1) * VW + wl) * (int64_t)sizeof(T);
+    const vd one = vd_set1(1.0);
+    _Alignas(64) double LG[NK_LANES][PW], LGX[NK_LANES][PW], LX[NK_LANES][PW];
+    _Alignas(64) double mv[PW] = {0}; /* (np < NK_RPV_BWD: the rest never read) */
+    NK_UNROLL for (int k = 0; k < NK_RPV_BWD; k++) if (k < np)
+        vd_store_f64(mv + k * VW, k == np - 1 && wl < VW ? vd_maskload_f64(mean + c0 + k * VW, ml)
+                                                         : vd_load_f64(mean + c0 + k * VW));
+    for (int64_t t0 = 0; t0 < n; t0 += GN_RT) {
+        const int64_t t1 = SFN(min_)(t0 + GN_RT, n), tn = SFN(min_)(t1 + GN_RT, n);
+        for (int l = 0; l < NK_LANES; l++) {
+            vd ag[NK_RPV_BWD], agx[NK_RPV_BWD], ax[NK_RPV_BWD];
+            NK_UNROLL for (int k = 0; k < NK_RPV_BWD; k++) {
+                ag[k] = t0 && k < np ? vd_load_f64(LG[l] + k * VW) : vd_zero();
+                agx[k] = t0 && k < np ? vd_load_f64(LGX[l] + k * VW) : vd_zero();
+                ax[k] = t0 && k < np ? vd_load_f64(LX[l] + k * VW) : vd_zero();
+            }
+            for (int64_t q = t0 + l; q < t1; q += NK_LANES) {
+                const T *p = x + (r0 + q) * ld + c0, *g = dy + (r0 + q) * ldd + c0;
+                if (q + GN_RT < tn) {
+                    SFN(pf_strip_)(p + GN_RT * ld, strip);
+                    SFN(pf_strip_)(g + GN_RT * ldd, strip);
+                }
+                NK_UNROLL for (int k = 0; k < NK_RPV_BWD; k++) if (k < np) {
+                    const vd gv = SFN(pld_)(g + k * VW, k, np, wl, ml);
+                    const vd d = vd_sub(SFN(pld_)(p + k * VW, k, np, wl, ml),
+                                        vd_load_f64(mv + k * VW));
+                    ag[k] = vd_fmadd(gv, one, ag[k]);
+                    agx[k] = vd_fmadd(gv, d, agx[k]);
+                    ax[k] = vd_fmadd(d, one, ax[k]);
+                }
+            }
+            NK_UNROLL for (int k = 0; k < NK_RPV_BWD; k++) if (k < np) {
+                vd_store_f64(LG[l] + k * VW, ag[k]);
+                vd_store_f64(LGX[l] + k * VW, agx[k]);
+                vd_store_f64(LX[l] + k * VW, ax[k]);
+            }
+        }
+    }
+    _Alignas(64) double sg[PW], sgx[PW], sx[PW];
+    NK_UNROLL for (int k = 0; k < NK_RPV_BWD; k++) if (k < np) {
+        vd_store_f64(sg + k * VW, SFN(vtree_)(&LG[0][0], PW, k));
+        vd_store_f64(sgx + k * VW, SFN(vtree_)(&LGX[0][0], PW, k));
+        vd_store_f64(sx + k * VW, SFN(vtree_)(&LX[0][0], PW, k));
+    }
+    for (int j = 0; j < (np - 1) * VW + wl; j++) {
+        double *o = &part[3 * ((c0 + j) * nb + b)];
+        o[0] = sg[j];
+        o[1] = sgx[j];
+        o[2] = sx[j];
+    }
+}
+
+static void SFN(rows_bwd_reduce_)(const void *xv, int64_t ld, const void *dyv, int64_t ldd,
+                                  int64_t S, int64_t C, const double *mean, double *part) {
+    const T *x = xv, *dy = dyv;
+    const int64_t nb = nk_num_blocks(S), nvec = (C + VW - 1) / VW;
+    for (int64_t b = 0; b < nb; b++) {
+        const int64_t r0 = b * NK_BLOCK_ELEMS, n = SFN(min_)(NK_BLOCK_ELEMS, S - r0);
+        for (int64_t pv = 0; pv < nvec; pv += NK_RPV_BWD) {
+            const int np = (int)SFN(min_)(nvec - pv, NK_RPV_BWD);
+            const int wl = (int)SFN(min_)(C - (pv + np - 1) * VW, VW);
+            if (np == NK_RPV_BWD && wl == VW)
+                SFN(rbwd_panel_)(x, ld, dy, ldd, pv * VW, NK_RPV_BWD, VW, r0, n, mean, nb, b, part);
+            else
+                SFN(rbwd_panel_)(x, ld, dy, ldd, pv * VW, np, wl, r0, n, mean, nb, b, part);
+        }
+    }
+}
+
+const nk_gn_kernels TABLE = {SFN(moments_),      SFN(normalize_), SFN(bwd_reduce_),
+                             SFN(bwd_apply_),    SFN(rows_moments_), SFN(rows_bwd_reduce_)};
 
 #undef NK_UNROLL
+#undef GN_RT
 #undef GN_TREES
 #undef MST
 #undef SST
