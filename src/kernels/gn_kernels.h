@@ -51,6 +51,16 @@ typedef struct nk_gn_kernels {
     /* mean: (C), the mean of each channel's row */
     void (*rows_bwd_reduce)(const void *x, int64_t ld, const void *dy, int64_t ldd, int64_t S,
                             int64_t C, const double *mean, double *part);
+    /* the element-wise passes of one sample (rows of C channels, y resp. dx rows ldo apart)
+     * with per-channel coefficient arrays of C, as normalize and bwd_apply above; walked a
+     * panel of channels at a time down the rows, so that the coefficients stay in registers
+     * (the rows kernels of kernels.h reload them from L1 for every row). Regular stores only:
+     * the caller takes the row-major rows kernels when it streams. */
+    void (*rows_normalize)(const void *x, int64_t ld, void *y, int64_t ldo, int64_t S, int64_t C,
+                           const double *mean, const double *a, const double *b);
+    void (*rows_bwd_apply)(const void *x, int64_t ld, const void *dy, int64_t ldd, void *dx,
+                           int64_t ldo, int64_t S, int64_t C, const double *mean,
+                           const double *kg, const double *kx, const double *k0);
 } nk_gn_kernels;
 
 /* The span kernels of the context's instruction set for dtype dt, or NULL when it runs the

@@ -392,6 +392,11 @@ static void fwd_unit(const gn_run *u, const nk_tensor *x, nk_tensor *y, int64_t 
             stats_row(u, part, r, eps, o->mean, o->var, o->invstd);
         coeffs_fwd(g, w, o->mean, o->invstd, gamma, beta, cm, ca, cb);
         const int64_t rt = rows_per_task(g->C), i = w * g->C;
+        if (u->rk && !u->stream) {
+            u->rk->rows_normalize(rows_at(u, 0, w), u->sld[0], rows_at(u, 1, w), u->sld[1], g->S,
+                                  g->C, cm + i, ca + i, cb + i);
+            return;
+        }
         for (int64_t r0 = w * g->S; r0 < (w + 1) * g->S; r0 += rt)
             norm_rows(u, x, y, r0, imin(r0 + rt, (w + 1) * g->S), cm + i, ca + i, cb + i);
         return;
@@ -620,6 +625,13 @@ static void bwd_unit(const gn_run *u, const nk_tensor *x, const nk_tensor *dy, n
                 for (int64_t ch = 0; ch < nch; ch++) red_rows(u, x, dy, wi, b, ch, w);
         for (int64_t r = wi * g->G; r < (wi + 1) * g->G; r++) merge_row_bwd(g, u->nb, r, w);
         if (!dx) return;
+        if (u->rk && !u->stream) {
+            const int64_t i = wi * g->C;
+            u->rk->rows_bwd_apply(rows_at(u, 0, wi), u->sld[0], rows_at(u, 1, wi), u->sld[1],
+                                  rows_at(u, 2, wi), u->sld[2], g->S, g->C, w->cm + i,
+                                  w->kg + i, w->kx + i, w->k0 + i);
+            return;
+        }
         const int64_t rt = rows_per_task(g->C);
         for (int64_t r0 = wi * g->S; r0 < (wi + 1) * g->S; r0 += rt)
             apply_rows(u, x, dy, dx, r0, imin(r0 + rt, (wi + 1) * g->S), wi, w);
