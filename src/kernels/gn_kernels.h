@@ -6,8 +6,8 @@
  * groups), so the per-call costs of the per-channel kernels (the view's segment iterator,
  * the prefetch walkers, an indirect call) are paid once per span instead of once per
  * (instance, block): at S = 49 (7x7) they were most of the time.
- * The two rows_ reductions are the same for the channels innermost (NHWC), a sample at a
- * time: like the rows kernels of kernels.h they give each channel the lane sums of the
+ * The rows_ functions do the same for the channels innermost (NHWC), a sample at a time.
+ * Like the rows kernels of kernels.h, the reductions give each channel the lane sums of the
  * per-channel kernels, but they merge the 16 lanes with vectors along the channels (the
  * tree of lanes16.h, the same additions) and finish the moments with vector divisions,
  * where the rows kernels take the tree and the division channel by channel in scalar code:
