@@ -51,10 +51,11 @@ nk_status nk_gn_check_rows(nk_ctx *ctx, const char *op, const char *name, const 
 size_t nk_gn_workspace_bytes(const nk_gn_geom *g);
 
 /* Training forward: row statistics, then y. On return the arrays of o point into ws:
- * mean, var (biased), invstd (R each), gamma, beta (C each, free for the caller's reuse).
+ * mean, var (biased), invstd (R each), gamma, beta (C each), scratch (3 N C); gamma, beta
+ * and scratch are free for the caller's reuse.
  * Returns the first row whose statistics are not finite, or -1. */
 typedef struct nk_gn_fwd {
-    double *mean, *var, *invstd, *gamma, *beta;
+    double *mean, *var, *invstd, *gamma, *beta, *scratch;
 } nk_gn_fwd;
 int64_t nk_gn_forward_train(const nk_ctx *ctx, const nk_gn_geom *g, double eps, unsigned flags,
                             const nk_tensor *x, const nk_tensor *gamma, const nk_tensor *beta,

@@ -134,14 +134,17 @@ nk_status nk_instancenorm_forward_train(nk_ctx *ctx, const nk_instancenorm_param
     const double m = p->momentum, bessel = (double)S / (double)(S - 1);
     nk_vec_load(running_mean, rm);
     nk_vec_load(running_var, rv);
-    for (int64_t c = 0; c < C; c++) {
-        double sm = 0.0, sv = 0.0;
-        for (int64_t n = 0; n < N; n++) { /* fixed order over the batch */
-            sm += o.mean[n * C + c];
-            sv += o.var[n * C + c] * bessel;
+    /* sums over the batch in a fixed order (n), sample-major loops: contiguous reads */
+    double *sm = o.scratch, *sv = sm + C;
+    for (int64_t c = 0; c < C; c++) sm[c] = sv[c] = 0.0;
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t c = 0; c < C; c++) {
+            sm[c] += o.mean[n * C + c];
+            sv[c] += o.var[n * C + c] * bessel;
         }
-        rm[c] = (1.0 - m) * rm[c] + m * (sm / (double)N);
-        rv[c] = (1.0 - m) * rv[c] + m * (sv / (double)N);
+    for (int64_t c = 0; c < C; c++) {
+        rm[c] = (1.0 - m) * rm[c] + m * (sm[c] / (double)N);
+        rv[c] = (1.0 - m) * rv[c] + m * (sv[c] / (double)N);
     }
     nk_vec_store(running_mean, rm);
     nk_vec_store(running_var, rv);

@@ -311,7 +311,8 @@ static void free_outputs(outputs *o) {
 
 /* Results are bitwise identical for 1..4 threads and for every layout of the same logical
  * tensor: the per-(n, c, block) partials are the same whether the per-channel kernels or (with
- * the channels innermost) the rows kernels produce them, and they are merged in one order.
+ * the channels innermost) the rows kernels or (NCHW) the span kernels produce them, and they
+ * are merged in one order.
  * The shapes make every thread count take both the fused per-unit tasks and the separate
  * passes somewhere (units are fused when they fit in a cache share, >= 2 units per thread). */
 static void test_threads_and_layouts_bitwise(void **state) {
@@ -327,13 +328,19 @@ static void test_threads_and_layouts_bitwise(void **state) {
         /* S = 1: the statistics come from whole rows (stats_s1), 2 blocks per row */
         {2, {4, 20000}, 2},
         {4, {12000, 6, 1, 1}, 3},
+        /* short instances, where NCHW takes the span kernels (kernels/gn_kernels.h) over
+         * whole groups per call: S = 49 (3 chunks of 16 and 1 value) with 3 channels per
+         * group, S = 7 (one partial chunk) with G = C, S = 23 with 10 channels per group */
+        {4, {24, 60, 7, 7}, 20},
+        {3, {48, 230, 7}, 230},
+        {3, {9, 320, 23}, 32},
     };
     for (size_t s = 0; s < sizeof SH / sizeof SH[0]; s++) {
         const shape *sh = &SH[s];
         int64_t n = 1, S = 1;
         for (int i = 0; i < sh->ndim; i++) n *= sh->dims[i];
         for (int i = 2; i < sh->ndim; i++) S *= sh->dims[i];
-        assert_true(n >= NK_PARALLEL_MIN_ELEMS && (S > 256 || S == 1));
+        assert_true(n >= NK_PARALLEL_MIN_ELEMS && (S > 256 || S == 1 || S < 64));
         const int64_t C = sh->dims[1], R = sh->dims[0] * sh->G;
         for (int dt = NK_F32; dt <= NK_F64; dt++) {
             outputs ref = run_all(1, NKT_CONTIG, (nk_dtype)dt, sh, 11);

@@ -318,8 +318,8 @@ static void free_outputs(outputs *o) {
     free(o->dx), free(o->dg), free(o->db), free(o->yi);
 }
 
-/* Bitwise identical for 1..4 threads and every layout (see test_groupnorm.c: the per-channel
- * and the rows kernels give the same per-(n, c, block) partials); the shapes take both the
+/* Bitwise identical for 1..4 threads and every layout (see test_groupnorm.c: the per-channel,
+ * span and rows kernels give the same per-(n, c, block) partials); the shapes take both the
  * fused per-unit tasks and the separate passes. */
 static void test_threads_and_layouts_bitwise(void **state) {
     (void)state;
@@ -327,6 +327,12 @@ static void test_threads_and_layouts_bitwise(void **state) {
         {4, {2, 3, 100, 120}}, /* S = 12000 > NK_BLOCK_ELEMS (2 blocks each) */
         {3, {4, 72, 300}},     /* two rows chunks (64 + 8), 4 samples */
         {3, {1, 68, 8200}},    /* one sample, C = 64 + 4, rows blocks of 8192 and 8 rows */
+        /* short instances, where NCHW takes the span kernels (kernels/gn_kernels.h) over
+         * many (n, c) per call: S = 49 (3 chunks of 16 and 1 value), S = 7 (one partial
+         * chunk), S = 23; units of whole rows that straddle samples */
+        {4, {24, 60, 7, 7}},
+        {3, {48, 230, 7}},
+        {3, {9, 330, 23}},
     };
     for (size_t s = 0; s < sizeof SH / sizeof SH[0]; s++) {
         const shape *sh = &SH[s];
