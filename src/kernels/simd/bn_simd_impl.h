@@ -485,6 +485,187 @@ static void SFN(bwd_apply_)(const nk_cview *v, const void *xv, const void *dyv, 
     if (stream) vd_stream_fence();
 }
 
+/* ---- runs (kernels.h, nk_view_runs) ------------------------------------------------------
+ * The values [r0, r1) of channels [c0, c1) walked run by run (run o holds the values
+ * [o L, o L + L) of every channel, L = the innermost extent), and within a run index channel
+ * by channel: a contiguous NCHW tensor is read in address order, as a copy reads it, and the
+ * hardware prefetchers follow (no walkers, no segment iterator: run o of channel c starts at
+ * o * so + c * sc). Each (o, c) piece is the per-channel functions' run code (mom_run_,
+ * red_run_, norm_vec_, dx_vec_, the same scalar tails) and a reduction keeps each channel's
+ * lane sums in a small array between its pieces: every channel gets exactly the lane sums of
+ * the per-channel function, added in the same order, hence its bits. Reductions take the
+ * channels RUNS_G at a time (their lane sums: 3 * 16 doubles each, 12 KiB in all). */
+#define RUNS_G 32
+
+/* Element offset of value 0 of run o of channel c in tensor t. */
+NK_VEC_INLINE int64_t SFN(run_at_)(const nk_cview *v, int t, int64_t o, int64_t c) {
+    return (v->nd == 2 ? o * v->st[t][0] : 0) + c * v->kst[t][0];
+}
+
+/* The piece of run o inside [r0, r1): values [*lo, *hi) of the run; returns the position of
+ * its first value in [r0, r1). */
+NK_VEC_INLINE int64_t SFN(piece_)(int64_t L, int64_t o, int64_t r0, int64_t r1, int64_t *lo,
+                                  int64_t *hi) {
+    *lo = o * L > r0 ? 0 : r0 - o * L;
+    *hi = o * L + L < r1 ? L : r1 - o * L;
+    return o * L + *lo - r0;
+}
+
+static void SFN(runs_moments_)(const nk_cview *v, const void *xv, int64_t c0, int64_t c1,
+                               int64_t r0, int64_t r1, double *mean, double *m2) {
+    const T *x = xv;
+    const int64_t L = v->dims[v->nd - 1];
+    _Alignas(64) double A[RUNS_G][2][NK_LANES];
+    double s[RUNS_G];
+    for (int64_t g0 = c0; g0 < c1; g0 += RUNS_G) {
+        const int64_t ng = c1 - g0 < RUNS_G ? c1 - g0 : RUNS_G;
+        for (int64_t j = 0; j < ng; j++) { /* the shift: the block's first value */
+            s[j] = (double)x[SFN(run_at_)(v, 0, r0 / L, g0 + j) + r0 % L];
+            for (int l = 0; l < NK_LANES; l++) A[j][0][l] = A[j][1][l] = 0.0;
+        }
+        for (int64_t o = r0 / L; o * L < r1; o++) {
+            int64_t lo, hi;
+            const int64_t q = SFN(piece_)(L, o, r0, r1, &lo, &hi);
+            for (int64_t j = 0; j < ng; j++) {
+                vd a1[NK_LANE_VECS], a2[NK_LANE_VECS];
+                NK_UNROLL for (int k = 0; k < NK_LANE_VECS; k++) {
+                    a1[k] = vd_load_f64(A[j][0] + k * VW);
+                    a2[k] = vd_load_f64(A[j][1] + k * VW);
+                }
+                SFN(mom_run_)(x + SFN(run_at_)(v, 0, o, g0 + j) + lo, hi - lo, q, vd_set1(s[j]),
+                              a1, a2, NULL, 0);
+                NK_UNROLL for (int k = 0; k < NK_LANE_VECS; k++) {
+                    vd_store_f64(A[j][0] + k * VW, a1[k]);
+                    vd_store_f64(A[j][1] + k * VW, a2[k]);
+                }
+            }
+        }
+        for (int64_t j = 0; j < ng; j++) {
+            vd a1[NK_LANE_VECS], a2[NK_LANE_VECS];
+            NK_UNROLL for (int k = 0; k < NK_LANE_VECS; k++) {
+                a1[k] = vd_load_f64(A[j][0] + k * VW);
+                a2[k] = vd_load_f64(A[j][1] + k * VW);
+            }
+            SFN(mom_finish_)(s[j], vd_sum16(a1), vd_sum16(a2), (double)(r1 - r0),
+                             &mean[g0 - c0 + j], &m2[g0 - c0 + j]);
+        }
+    }
+}
+
+static void SFN(runs_normalize_)(const nk_cview *v, const void *xv, void *yv, int64_t c0,
+                                 int64_t c1, int64_t r0, int64_t r1, const double *mean,
+                                 const double *a, const double *b, int relu) {
+    const T *x = xv;
+    T *y = yv;
+    const int64_t L = v->dims[v->nd - 1];
+    const int stream = SFN(streams_)(v);
+    for (int64_t o = r0 / L; o * L < r1; o++) {
+        int64_t lo, hi;
+        SFN(piece_)(L, o, r0, r1, &lo, &hi);
+        for (int64_t j = 0; j < c1 - c0; j++) {
+            const T *p = x + SFN(run_at_)(v, 0, o, c0 + j);
+            T *q = y + SFN(run_at_)(v, 1, o, c0 + j);
+            const double mj = mean[j], aj = a[j], bj = b[j];
+            const vd vm = vd_set1(mj), va = vd_set1(aj), vb = vd_set1(bj);
+            int64_t i = lo;
+            if (stream) {
+                for (const int64_t h = lo + SFN(head_)(q, lo, hi); i < h; i++)
+                    q[i] = (T)SFN(affine1_)((double)p[i], mj, aj, bj, relu);
+                i = relu ? SFN(norm_vec_)(p, q, i, hi, vm, va, vb, NULL, 1, 1)
+                         : SFN(norm_vec_)(p, q, i, hi, vm, va, vb, NULL, 1, 0);
+            } else {
+                i = relu ? SFN(norm_vec_)(p, q, i, hi, vm, va, vb, NULL, 0, 1)
+                         : SFN(norm_vec_)(p, q, i, hi, vm, va, vb, NULL, 0, 0);
+            }
+            for (; i < hi; i++) q[i] = (T)SFN(affine1_)((double)p[i], mj, aj, bj, relu);
+        }
+    }
+    if (stream) vd_stream_fence();
+}
+
+static void SFN(runs_bwd_reduce_)(const nk_cview *v, const void *xv, const void *dyv,
+                                  const void *ymv, int64_t c0, int64_t c1, int64_t r0,
+                                  int64_t r1, const double *mean, double *sum_g,
+                                  double *sum_gx, double *sum_x) {
+    const T *x = xv, *dy = dyv, *ym = ymv;
+    const int64_t L = v->dims[v->nd - 1];
+    _Alignas(64) double A[RUNS_G][3][NK_LANES];
+    for (int64_t g0 = c0; g0 < c1; g0 += RUNS_G) {
+        const int64_t ng = c1 - g0 < RUNS_G ? c1 - g0 : RUNS_G;
+        for (int64_t j = 0; j < ng; j++)
+            for (int l = 0; l < NK_LANES; l++) A[j][0][l] = A[j][1][l] = A[j][2][l] = 0.0;
+        for (int64_t o = r0 / L; o * L < r1; o++) {
+            int64_t lo, hi;
+            const int64_t q = SFN(piece_)(L, o, r0, r1, &lo, &hi);
+            for (int64_t j = 0; j < ng; j++) {
+                const int64_t c = g0 + j;
+                SFN(bwd_acc_) S;
+                NK_UNROLL for (int k = 0; k < NK_LANE_VECS; k++) {
+                    S.g[k] = vd_load_f64(A[j][0] + k * VW);
+                    S.gx[k] = vd_load_f64(A[j][1] + k * VW);
+                    S.x[k] = vd_load_f64(A[j][2] + k * VW);
+                }
+                const T *p = x + SFN(run_at_)(v, 0, o, c) + lo;
+                const T *g = dy + SFN(run_at_)(v, 1, o, c) + lo;
+                const T *m = ym ? ym + SFN(run_at_)(v, 3, o, c) + lo : NULL;
+                SFN(red_run_)(p, g, m, hi - lo, q, vd_set1(mean[c - c0]), &S, NULL, 0);
+                NK_UNROLL for (int k = 0; k < NK_LANE_VECS; k++) {
+                    vd_store_f64(A[j][0] + k * VW, S.g[k]);
+                    vd_store_f64(A[j][1] + k * VW, S.gx[k]);
+                    vd_store_f64(A[j][2] + k * VW, S.x[k]);
+                }
+            }
+        }
+        for (int64_t j = 0; j < ng; j++) {
+            vd t[NK_LANE_VECS];
+            const int64_t i = g0 - c0 + j;
+            NK_UNROLL for (int k = 0; k < NK_LANE_VECS; k++) t[k] = vd_load_f64(A[j][0] + k * VW);
+            sum_g[i] = vd_sum16(t);
+            NK_UNROLL for (int k = 0; k < NK_LANE_VECS; k++) t[k] = vd_load_f64(A[j][1] + k * VW);
+            sum_gx[i] = vd_sum16(t);
+            NK_UNROLL for (int k = 0; k < NK_LANE_VECS; k++) t[k] = vd_load_f64(A[j][2] + k * VW);
+            if (sum_x) sum_x[i] = vd_sum16(t);
+        }
+    }
+}
+
+static void SFN(runs_bwd_apply_)(const nk_cview *v, const void *xv, const void *dyv,
+                                 const void *ymv, void *dxv, int64_t c0, int64_t c1, int64_t r0,
+                                 int64_t r1, const double *mean, const double *kg,
+                                 const double *kx, const double *k0) {
+    const T *x = xv, *dy = dyv, *ym = ymv;
+    T *dx = dxv;
+    const int64_t L = v->dims[v->nd - 1];
+    const int stream = SFN(streams_)(v);
+    for (int64_t o = r0 / L; o * L < r1; o++) {
+        int64_t lo, hi;
+        SFN(piece_)(L, o, r0, r1, &lo, &hi);
+        for (int64_t j = 0; j < c1 - c0; j++) {
+            const int64_t c = c0 + j;
+            const T *p = x + SFN(run_at_)(v, 0, o, c), *g = dy + SFN(run_at_)(v, 1, o, c);
+            const T *m = ym ? ym + SFN(run_at_)(v, 3, o, c) : NULL;
+            T *out = dx + SFN(run_at_)(v, 2, o, c);
+            const vd vm = vd_set1(mean[j]), vkg = vd_set1(kg[j]), vkx = vd_set1(kx[j]);
+            const vd vk0 = vd_set1(k0[j]);
+            int64_t i = lo;
+            if (stream) {
+                for (const int64_t h = lo + SFN(head_)(out, lo, hi); i < h; i++)
+                    out[i] = (T)SFN(dx1_)(g + i, m ? m + i : NULL, p + i, mean[j], kg[j], kx[j],
+                                          k0[j]);
+                i = SFN(dx_vec_)(p, g, m, out, i, hi, vm, vkg, vkx, vk0, NULL, 1);
+            } else {
+                i = SFN(dx_vec_)(p, g, m, out, i, hi, vm, vkg, vkx, vk0, NULL, 0);
+            }
+            for (; i < hi; i++)
+                out[i] = (T)SFN(dx1_)(g + i, m ? m + i : NULL, p + i, mean[j], kg[j], kx[j],
+                                      k0[j]);
+        }
+    }
+    if (stream) vd_stream_fence();
+}
+
+#undef RUNS_G
+
 /* ---- rows (channels innermost) ----------------------------------------------------------
  * Vectors run along the channels. Element-wise functions walk row by row with the per-channel
  * coefficients in L1. Reductions give each channel exactly the lane sums of the per-channel
@@ -754,7 +935,9 @@ static void SFN(rows_bwd_apply_)(const nk_cview *v, const void *xv, const void *
 }
 
 const nk_bn_kernels TABLE = {SFN(moments_),      SFN(normalize_),      SFN(bwd_reduce_),
-                             SFN(bwd_apply_),    SFN(rows_moments_),   SFN(rows_normalize_),
+                             SFN(bwd_apply_),    SFN(runs_moments_),   SFN(runs_normalize_),
+                             SFN(runs_bwd_reduce_), SFN(runs_bwd_apply_),
+                             SFN(rows_moments_), SFN(rows_normalize_),
                              SFN(rows_bwd_reduce_), SFN(rows_bwd_apply_)};
 
 #undef RT
