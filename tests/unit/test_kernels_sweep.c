@@ -390,7 +390,8 @@ static void test_bn_elementwise_bound(void **state) {
 #define RK_MAXE 40000
 
 typedef struct rk_shape {
-    int64_t N, C, HW, pad_c, pad_n; /* strides: HW + pad_c per channel, C (HW + pad_c) + pad_n per n */
+    /* strides: HW + pad_c per channel, C (HW + pad_c) + pad_n per n */
+    int64_t N, C, HW, pad_c, pad_n;
 } rk_shape;
 
 static void rk_fill(nkt_rng *r, nk_dtype dt, void *p, int64_t n, double mu, double sd) {
@@ -443,8 +444,8 @@ static void rk_case(const nk_bn_kernels *k, const char *isa, nk_dtype dt, const 
         kx[j] = nkt_uniform(&r, -1.0, 1.0), k0[j] = nkt_uniform(&r, -0.1, 0.1);
     }
     char desc[160];
-    snprintf(desc, sizeof desc, "%s %s N %lld C %lld HW %lld pads %lld %lld, channels [%lld, %lld), "
-             "values [%lld, %lld)", isa, nkt_dtype_name(dt), (long long)sh->N, (long long)sh->C,
+    snprintf(desc, sizeof desc,
+             "%s %s N %lld C %lld HW %lld pads %lld %lld, channels [%lld, %lld), values [%lld, %lld)", isa, nkt_dtype_name(dt), (long long)sh->N, (long long)sh->C,
              (long long)sh->HW, (long long)sh->pad_c, (long long)sh->pad_n, (long long)c0,
              (long long)c1, (long long)r0, (long long)r1);
     if (r1 - r0 <= NK_BLOCK_ELEMS) { /* reductions: one block */

@@ -511,10 +511,34 @@ NK_VEC_INLINE int64_t SFN(piece_)(int64_t L, int64_t o, int64_t r0, int64_t r1, 
     return o * L + *lo - r0;
 }
 
+/* Software prefetch in the reductions: the fused passes take a few channels at a time
+ * (batchnorm.c), so that a run index holds only a few KiB of contiguous data, too little for
+ * the hardware prefetchers to ramp up before the walk jumps to the next run index. While a
+ * reduction walks piece (o, c) of runs of at most RUNS_PF_BYTES it fetches run o +
+ * RUNS_PF_AHEAD of channel c. Measured (64x512x7x7 float32, 1 thread, alternated runs):
+ * backward 870 -> 720 us, training forward unchanged; on runs of 3 KiB (28x28) fetching their
+ * first KiB made both 3% slower: longer runs are left to the hardware. */
+#define RUNS_PF_AHEAD 2
+#define RUNS_PF_BYTES 1024
+
+/* 1 if the reductions prefetch runs of view v */
+NK_VEC_INLINE int SFN(pf_runs_)(const nk_cview *v) {
+    return v->dims[v->nd - 1] * (int64_t)sizeof(T) <= RUNS_PF_BYTES;
+}
+
+/* The n values at p. */
+NK_VEC_INLINE void SFN(pf_piece_)(const T *p, int64_t n) {
+    const char *a = (const char *)p;
+    const int64_t bytes = n * (int64_t)sizeof(T);
+    for (int64_t k = 0; k < bytes; k += 64) nk_prefetch(a + k);
+    nk_prefetch(a + bytes - 1);
+}
+
 static void SFN(runs_moments_)(const nk_cview *v, const void *xv, int64_t c0, int64_t c1,
                                int64_t r0, int64_t r1, double *mean, double *m2) {
     const T *x = xv;
     const int64_t L = v->dims[v->nd - 1];
+    const int pf = SFN(pf_runs_)(v);
     _Alignas(64) double A[RUNS_G][2][NK_LANES];
     double s[RUNS_G];
     for (int64_t g0 = c0; g0 < c1; g0 += RUNS_G) {
@@ -526,8 +550,11 @@ static void SFN(runs_moments_)(const nk_cview *v, const void *xv, int64_t c0, in
         for (int64_t o = r0 / L; o * L < r1; o++) {
             int64_t lo, hi;
             const int64_t q = SFN(piece_)(L, o, r0, r1, &lo, &hi);
+            const int64_t op = o + RUNS_PF_AHEAD;
+            const int64_t np = !pf ? 0 : r1 - op * L < L ? r1 - op * L : L; /* 0 or less: none */
             for (int64_t j = 0; j < ng; j++) {
                 vd a1[NK_LANE_VECS], a2[NK_LANE_VECS];
+                if (np > 0) SFN(pf_piece_)(x + SFN(run_at_)(v, 0, op, g0 + j), np);
                 NK_UNROLL for (int k = 0; k < NK_LANE_VECS; k++) {
                     a1[k] = vd_load_f64(A[j][0] + k * VW);
                     a2[k] = vd_load_f64(A[j][1] + k * VW);
@@ -589,6 +616,7 @@ static void SFN(runs_bwd_reduce_)(const nk_cview *v, const void *xv, const void 
                                   double *sum_gx, double *sum_x) {
     const T *x = xv, *dy = dyv, *ym = ymv;
     const int64_t L = v->dims[v->nd - 1];
+    const int pf = SFN(pf_runs_)(v);
     _Alignas(64) double A[RUNS_G][3][NK_LANES];
     for (int64_t g0 = c0; g0 < c1; g0 += RUNS_G) {
         const int64_t ng = c1 - g0 < RUNS_G ? c1 - g0 : RUNS_G;
@@ -597,9 +625,16 @@ static void SFN(runs_bwd_reduce_)(const nk_cview *v, const void *xv, const void 
         for (int64_t o = r0 / L; o * L < r1; o++) {
             int64_t lo, hi;
             const int64_t q = SFN(piece_)(L, o, r0, r1, &lo, &hi);
+            const int64_t op = o + RUNS_PF_AHEAD;
+            const int64_t np = !pf ? 0 : r1 - op * L < L ? r1 - op * L : L; /* 0 or less: none */
             for (int64_t j = 0; j < ng; j++) {
                 const int64_t c = g0 + j;
                 SFN(bwd_acc_) S;
+                if (np > 0) {
+                    SFN(pf_piece_)(x + SFN(run_at_)(v, 0, op, c), np);
+                    SFN(pf_piece_)(dy + SFN(run_at_)(v, 1, op, c), np);
+                    if (ym) SFN(pf_piece_)(ym + SFN(run_at_)(v, 3, op, c), np);
+                }
                 NK_UNROLL for (int k = 0; k < NK_LANE_VECS; k++) {
                     S.g[k] = vd_load_f64(A[j][0] + k * VW);
                     S.gx[k] = vd_load_f64(A[j][1] + k * VW);
@@ -664,6 +699,8 @@ static void SFN(runs_bwd_apply_)(const nk_cview *v, const void *xv, const void *
     if (stream) vd_stream_fence();
 }
 
+#undef RUNS_PF_BYTES
+#undef RUNS_PF_AHEAD
 #undef RUNS_G
 
 /* ---- rows (channels innermost) ----------------------------------------------------------
