@@ -4,7 +4,8 @@
  *
  * Two families of functions, for two work decompositions of the same fixed blocks:
  *  - per (channel, block): the values [r0, r1) of one channel c, walked as the view's runs
- *    (a run of stride 1 is the NCHW case, a run of stride C the NHWC case);
+ *    (a run of stride 1 is the NCHW case, a run of stride C the NHWC case); their runs
+ *    variants (see nk_view_runs) take channels [c0, c1) at once, walked run by run;
  *  - rows (channels innermost, see nk_view_rows): rows [r0, r1) of the (M, C) matrix for the
  *    channels [c0, c1), vectorized along the channels. Row r is the r-th value of every
  *    channel, so rows [b*B, (b+1)*B) hold exactly block b of every channel (B =

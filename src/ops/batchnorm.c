@@ -200,7 +200,12 @@ static int64_t runs_chunk(const nk_cview *v) {
  * that ResNet's C gives equal groups): as many as keep a group's data within
  * NK_FUSE_GROUP_BYTES (an L2 share: the group is read twice and written once), while leaving
  * at least 2 nt groups. Any grouping gives the same bits (the per-(channel, block) partials do
- * not depend on it); NK_FUSE_GROUP_MAX bounds the per-group arrays on the stack. */
+ * not depend on it); NK_FUSE_GROUP_MAX bounds the per-group arrays on the stack. Channels too
+ * large to group (G = 1: runs of a few KiB or more) keep the per-channel kernels, whose
+ * walkers fetch the next run and the next channel (kernels/simd/ahead.h): measured on
+ * 32x64x56x56 float32, 1 thread, the runs kernels with G = 1 were 10-20% slower there.
+ * Measured with 64 KiB, 256 KiB, 512 KiB and 1 MiB: 64 KiB leaves 8x64x28x28 ungrouped
+ * (backward 82 -> 142 us), 1 MiB slows it (82 -> 92 us); 256 and 512 KiB are within noise. */
 #define NK_FUSE_GROUP_BYTES ((int64_t)256 << 10)
 #define NK_FUSE_GROUP_MAX 64
 
