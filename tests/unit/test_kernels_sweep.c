@@ -592,6 +592,10 @@ static void test_bn_threads_bitwise(void **state) {
     threads_case(fused, NK_F32, NKT_CHLAST, ss | NK_BN_FUSE_RELU, 5002, 0);
     threads_case(odd, NK_F64, NKT_STRIDED, ss | NK_BN_FUSE_RELU, 5003, 0);
     threads_case(odd, NK_F64, NKT_CHLAST, ss, 5004, 0);
+    /* 7x7 runs in groups of channels (batchnorm.c, fuse_group: the group size depends on the
+     * thread count), two blocks per channel, the second starting inside a run */
+    static const int64_t small[4] = {200, 32, 7, 7};
+    threads_case(small, NK_F32, NKT_CONTIG, ss | NK_BN_FUSE_RELU, 5007, 1);
     threads_case(big, NK_F32, NKT_CONTIG, ss, 5005, 1); /* the best ISA: the same kernels */
     threads_case(bigger, NK_F64, NKT_CONTIG, ss, 5006, 1);
 }
