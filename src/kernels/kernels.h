@@ -4,7 +4,8 @@
  *
  * Two families of functions, for two work decompositions of the same fixed blocks:
  *  - per (channel, block): the values [r0, r1) of one channel c, walked as the view's runs
- *    (a run of stride 1 is the NCHW case, a run of stride C the NHWC case);
+ *    (a run of stride 1 is the NCHW case, a run of stride C the NHWC case); their runs
+ *    variants (see nk_view_runs) take channels [c0, c1) at once, walked run by run;
  *  - rows (channels innermost, see nk_view_rows): rows [r0, r1) of the (M, C) matrix for the
  *    channels [c0, c1), vectorized along the channels. Row r is the r-th value of every
  *    channel, so rows [b*B, (b+1)*B) hold exactly block b of every channel (B =
@@ -57,6 +58,23 @@ typedef struct nk_bn_kernels {
     void (*bwd_apply)(const nk_cview *v, const void *x, const void *dy, const void *ymask,
                       void *dx, int64_t c, int64_t r0, int64_t r1, double mean, double kg,
                       double kx, double k0);
+    /* ---- runs (nk_view_runs: NCHW and its padded relatives): the same four over the values
+     * [r0, r1) of channels [c0, c1), with the signatures of the rows functions (per-channel
+     * arrays point at channel c0's entry). Walked run-major, channels inside (contiguous NCHW
+     * in address order); the results of each channel are those of the per-channel function
+     * over [r0, r1), bit for bit (the reductions: when [r0, r1) is one block). */
+    void (*runs_moments)(const nk_cview *v, const void *x, int64_t c0, int64_t c1, int64_t r0,
+                         int64_t r1, double *mean, double *m2);
+    void (*runs_normalize)(const nk_cview *v, const void *x, void *y, int64_t c0, int64_t c1,
+                           int64_t r0, int64_t r1, const double *mean, const double *a,
+                           const double *b, int relu);
+    void (*runs_bwd_reduce)(const nk_cview *v, const void *x, const void *dy, const void *ymask,
+                            int64_t c0, int64_t c1, int64_t r0, int64_t r1, const double *mean,
+                            double *sum_g, double *sum_gx, double *sum_x);
+    void (*runs_bwd_apply)(const nk_cview *v, const void *x, const void *dy, const void *ymask,
+                           void *dx, int64_t c0, int64_t c1, int64_t r0, int64_t r1,
+                           const double *mean, const double *kg, const double *kx,
+                           const double *k0);
 
     /* ---- rows: the same four over rows [r0, r1) of channels [c0, c1) ---- */
     /* mean[i], m2[i] of channel c0 + i over the rows */
@@ -109,6 +127,20 @@ const nk_bn_kernels *nk_bn_kernels_for(const nk_ctx *ctx, nk_dtype dt);
  * output line before its write (a third of a forward's memory traffic). 32 MiB: the L3 of
  * current server parts per socket or CCD cluster is 32 MiB or more. */
 #define NK_STREAM_MIN_BYTES ((int64_t)32 << 20)
+
+/* ---- the runs decomposition ---- */
+
+/* 1 if the runs functions apply to view v: a single kept axis (the channels), the innermost
+ * reduced axis of stride 1 in every tensor (runs of L = dims[nd - 1] contiguous values) and at
+ * most one reduced axis outside it (the run index o; NCHW -> (N) x (H*W)). Value r of channel
+ * c of tensor t is then at element (r / L) * st[t][0] + c * kst[t][0] + r % L (nd == 2), or
+ * c * kst[t][0] + r (nd == 1). */
+static inline int nk_view_runs(const nk_cview *v) {
+    if (v->nk != 1 || v->nd < 1 || v->nd > 2 || v->M == 0) return 0;
+    for (int t = 0; t < v->nt; t++)
+        if (v->st[t][v->nd - 1] != 1) return 0;
+    return 1;
+}
 
 /* ---- the rows decomposition ---- */
 

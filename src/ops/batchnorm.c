@@ -182,6 +182,42 @@ static int64_t run_tasks(const nk_cview *v) {
     return v->dims[in];
 }
 
+/* Element-wise passes over a runs view (nk_view_runs: NCHW and its padded relatives) take
+ * tasks of (run index o, chunk of channels) in that order, which is address order in a
+ * contiguous NCHW tensor: each task reads about NK_RUNS_TASK_VALUES contiguous values, however
+ * short the runs (7x7: 49 values), with no per-run set-up but two multiplications. */
+#define NK_RUNS_TASK_VALUES 16384
+
+/* Channels per element-wise task of a runs view: chunks of about NK_RUNS_TASK_VALUES values,
+ * evened out over the channels. */
+static int64_t runs_chunk(const nk_cview *v) {
+    const int64_t L = v->dims[v->nd - 1], want = (NK_RUNS_TASK_VALUES + L - 1) / L;
+    const int64_t n = (v->C + want - 1) / want; /* chunks per run index */
+    return (v->C + n - 1) / n;
+}
+
+/* The fused per-channel passes of a runs view take groups of channels (a power of two, so
+ * that ResNet's C gives equal groups): as many as keep a group's data within
+ * NK_FUSE_GROUP_BYTES (an L2 share: the group is read twice and written once), while leaving
+ * at least 2 nt groups. Any grouping gives the same bits (the per-(channel, block) partials do
+ * not depend on it); NK_FUSE_GROUP_MAX bounds the per-group arrays on the stack. Channels too
+ * large to group (G = 1: runs of a few KiB or more) keep the per-channel kernels, whose
+ * walkers fetch the next run and the next channel (kernels/simd/ahead.h): measured on
+ * 32x64x56x56 float32, 1 thread, the runs kernels with G = 1 were 10-20% slower there.
+ * Measured with 64 KiB, 256 KiB, 512 KiB and 1 MiB: 64 KiB leaves 8x64x28x28 ungrouped
+ * (backward 82 -> 142 us), 1 MiB slows it (82 -> 92 us); 256 and 512 KiB are within noise. */
+#define NK_FUSE_GROUP_BYTES ((int64_t)256 << 10)
+#define NK_FUSE_GROUP_MAX 64
+
+static int64_t fuse_group(const nk_cview *v, nk_dtype dt, int tensors_read, int nt) {
+    const int64_t per = v->M * (int64_t)nk_dtype_size(dt) * tensors_read;
+    int64_t g = 1;
+    while (g < NK_FUSE_GROUP_MAX && 2 * g * per <= NK_FUSE_GROUP_BYTES &&
+           (v->C + 2 * g - 1) / (2 * g) >= 2 * (int64_t)nt)
+        g *= 2;
+    return g;
+}
+
 /* The statistics of a channel and the factor a = gamma * invstd of its normalize. */
 static void channel_coeffs(const nk_moments *m, int64_t M, double eps, double g, double *mean,
                            double *var, double *invstd, double *a) {
@@ -227,6 +263,15 @@ static void normalize_all(int nt, const fwd_pass *f, const double *mean, const d
                 f->rk->rows_fwd(v, f->x, f->z, f->y, 0, C, r0, r1, mean, a, b);
             else
                 f->k->rows_normalize(v, f->x, f->y, 0, C, r0, r1, mean, a, b, f->relu);
+        });
+        return;
+    }
+    if (!f->z && nk_view_runs(v)) {
+        const int64_t L = v->dims[v->nd - 1], ch = runs_chunk(v), nch = (C + ch - 1) / ch;
+        NK_FOR_TASKS(nt, t, M / L * nch, {
+            const int64_t o = t / nch, c0 = t % nch * ch, c1 = c0 + ch < C ? c0 + ch : C;
+            f->k->runs_normalize(v, f->x, f->y, c0, c1, o * L, o * L + L, mean + c0, a + c0,
+                                 b + c0, f->relu);
         });
         return;
     }
@@ -306,7 +351,29 @@ static nk_status forward_train(nk_ctx *ctx, const char *op, const nk_batchnorm_p
                         (p->flags & NK_BN_FUSE_RELU) != 0};
     const int nt = nk_threads_for(ctx, C * M);
     load_affine(p, gamma, beta, C, g, b);
-    if (fuse_channels(&v, x->dtype, 1, nt)) {
+    const int64_t G = fuse_group(&v, x->dtype, 1, nt);
+    if (!z && G > 1 && nk_view_runs(&v) && fuse_channels(&v, x->dtype, 1, nt)) {
+        /* groups of channels: moments of each block, merge, normalize, run by run */
+        const int64_t nb = nk_num_blocks(M);
+        NK_FOR_TASKS(nt, t, (C + G - 1) / G, {
+            const int64_t c0 = t * G, c1 = c0 + G < C ? c0 + G : C;
+            double bm[NK_FUSE_GROUP_MAX], bv[NK_FUSE_GROUP_MAX];
+            for (int64_t bk = 0; bk < nb; bk++) {
+                const int64_t r0 = bk * NK_BLOCK_ELEMS;
+                f.k->runs_moments(&v, x->data, c0, c1, r0, block_end(r0, M), bm, bv);
+                for (int64_t c = c0; c < c1; c++) {
+                    blocks[2 * (c * nb + bk)] = bm[c - c0];
+                    blocks[2 * (c * nb + bk) + 1] = bv[c - c0];
+                }
+            }
+            for (int64_t c = c0; c < c1; c++) {
+                mom[c] = nk_moments_merge_blocks(blocks, c, M);
+                channel_coeffs(&mom[c], M, p->eps, g[c], &mean[c], &var[c], &invstd[c], &a[c]);
+            }
+            f.k->runs_normalize(&v, x->data, y->data, c0, c1, 0, M, mean + c0, a + c0, b + c0,
+                                f.relu);
+        });
+    } else if (fuse_channels(&v, x->dtype, 1, nt)) {
         const int64_t nb = nk_num_blocks(M);
         NK_FOR_TASKS(nt, c, C, {
             double *pc = blocks + 2 * c * nb;
@@ -550,7 +617,37 @@ static nk_status backward_common(nk_ctx *ctx, const char *op, const nk_batchnorm
     const int need_sums = batch_stats || dgamma || dbeta;
     /* Partials: {sum g, sum g (x - mu), sum (x - mu)} per (channel, block), the last one 0
      * with fixed statistics (whose mean is exact), merged by nk_bn_merge_bwd_parts. */
-    if (apply && fuse_channels(&v, x->dtype, 2 + relu, nt)) {
+    const int64_t G = fuse_group(&v, x->dtype, 2 + relu, nt);
+    if (apply && !w.rk && G > 1 && nk_view_runs(&v) && fuse_channels(&v, x->dtype, 2 + relu, nt)) {
+        /* groups of channels: reduce each block, merge, apply, run by run */
+        NK_FOR_TASKS(nt, t, (C + G - 1) / G, {
+            const int64_t c0 = t * G, c1 = c0 + G < C ? c0 + G : C;
+            if (need_sums) {
+                double s0[NK_FUSE_GROUP_MAX], s1[NK_FUSE_GROUP_MAX], s2[NK_FUSE_GROUP_MAX];
+                for (int64_t bk = 0; bk < nb; bk++) {
+                    const int64_t r0 = bk * NK_BLOCK_ELEMS;
+                    k->runs_bwd_reduce(&v, x->data, dy->data, w.ym, c0, c1, r0, block_end(r0, M),
+                                       mu + c0, s0, s1, batch_stats ? s2 : NULL);
+                    for (int64_t c = c0; c < c1; c++) {
+                        double *pt = &part[NK_BN_BWD_PARTS * (c * nb + bk)];
+                        pt[0] = s0[c - c0];
+                        pt[1] = s1[c - c0];
+                        pt[2] = batch_stats ? s2[c - c0] : 0.0;
+                    }
+                }
+                for (int64_t c = c0; c < c1; c++) {
+                    double *pc = &part[NK_BN_BWD_PARTS * c * nb];
+                    nk_bn_merge_bwd_parts(pc, 1, nb, M, &mu[c]);
+                    sg[c] = pc[0];
+                    sgx[c] = pc[1];
+                }
+            }
+            for (int64_t c = c0; c < c1; c++)
+                bwd_coeffs(c, M, batch_stats, g, invstd, sg, sgx, kg, kx, k0);
+            k->runs_bwd_apply(&v, w.x, w.dy, w.ym, w.dx, c0, c1, 0, M, mu + c0, kg + c0,
+                              kx + c0, k0 + c0);
+        });
+    } else if (apply && fuse_channels(&v, x->dtype, 2 + relu, nt)) {
         /* channel by channel: reduce, merge, apply while x and dy are in cache */
         NK_FOR_TASKS(nt, c, C, {
             double *pc = &part[NK_BN_BWD_PARTS * c * nb];
@@ -620,6 +717,13 @@ static nk_status backward_common(nk_ctx *ctx, const char *op, const nk_batchnorm
                     else
                         k->rows_bwd_apply(&v, w.x, w.dy, w.ym, w.dx, 0, C, r0, r1, mu, kg, kx,
                                           k0);
+                });
+            } else if (!w.rk && nk_view_runs(&v)) { /* address order, as in normalize_all */
+                const int64_t L = v.dims[v.nd - 1], ch = runs_chunk(&v), nch = (C + ch - 1) / ch;
+                NK_FOR_TASKS(nt, t, M / L * nch, {
+                    const int64_t o = t / nch, c0 = t % nch * ch, c1 = c0 + ch < C ? c0 + ch : C;
+                    k->runs_bwd_apply(&v, w.x, w.dy, w.ym, w.dx, c0, c1, o * L, o * L + L,
+                                      mu + c0, kg + c0, kx + c0, k0 + c0);
                 });
             } else if (run_tasks(&v)) { /* address order, as in normalize_all */
                 const int64_t L = run_tasks(&v), nruns = M / L;

@@ -379,6 +379,175 @@ static void test_bn_elementwise_bound(void **state) {
                         (nk_dtype)dt, salt);
 }
 
+/* ---- the runs kernels (kernels.h, nk_view_runs) against the per-channel kernels ------------
+ * Each table's runs functions must give every channel of [c0, c1) the bits of its own
+ * per-channel function over [r0, r1): the reductions over one block (r0, r1 inside a run or
+ * not, several runs, more channels than a group of lane sums), the element-wise functions over
+ * any range, in place too, touching nothing outside [r0, r1) x [c0, c1). Views: contiguous
+ * NCHW, padded channel and batch strides, a pointer one element past an aligned one, N = 1
+ * (one reduced axis), with and without the ReLU mask. */
+
+#define RK_MAXE 40000
+
+typedef struct rk_shape {
+    /* strides: HW + pad_c per channel, C (HW + pad_c) + pad_n per n */
+    int64_t N, C, HW, pad_c, pad_n;
+} rk_shape;
+
+static void rk_fill(nkt_rng *r, nk_dtype dt, void *p, int64_t n, double mu, double sd) {
+    for (int64_t i = 0; i < n; i++) {
+        const double v = nkt_normal(r, mu, sd);
+        if (dt == NK_F32)
+            ((float *)p)[i] = (float)v;
+        else
+            ((double *)p)[i] = v;
+    }
+}
+
+static int rk_same(nk_dtype dt, const void *a, const void *b, int64_t n, int64_t *where) {
+    const size_t es = nk_dtype_size(dt);
+    for (int64_t i = 0; i < n; i++)
+        if (memcmp((const char *)a + i * es, (const char *)b + i * es, es)) {
+            *where = i;
+            return 0;
+        }
+    return 1;
+}
+
+static void rk_case(const nk_bn_kernels *k, const char *isa, nk_dtype dt, const rk_shape *sh,
+                    int64_t c0, int64_t c1, int64_t r0, int64_t r1, uint64_t salt) {
+    const size_t es = nk_dtype_size(dt);
+    const int64_t sc = sh->HW + sh->pad_c, sn = sh->C * sc + sh->pad_n;
+    const int64_t span = sh->N * sn + 1; /* + 1: the unaligned start */
+    assert_true(span <= RK_MAXE && c1 - c0 <= 64);
+    const int64_t dims[3] = {sh->N, sh->C, sh->HW}, st[3] = {sn, sc, 1};
+    char *buf[5];
+    for (int t = 0; t < 5; t++) buf[t] = nkt_malloc((size_t)span * es);
+    nkt_rng r = nkt_rng_make(salt);
+    rk_fill(&r, dt, buf[0], span, 3.0, 2.0);  /* x */
+    rk_fill(&r, dt, buf[1], span, 0.0, 1.0);  /* dy */
+    rk_fill(&r, dt, buf[3], span, 0.1, 1.0);  /* y: the mask */
+    nk_tensor ts_[5];
+    const nk_tensor *ts[5];
+    for (int t = 0; t < 5; t++) {
+        assert_int_equal(nk_tensor_strided(&ts_[t], buf[t] + es, dt, 3, dims, st), NK_OK);
+        ts[t] = &ts_[t];
+    }
+    nk_cview v;
+    nk_cview_init(&v, 4, ts);
+    NKT_CHECK(nk_view_runs(&v), "view of runs");
+    const char *x = buf[0] + es, *dy = buf[1] + es, *ym = buf[3] + es;
+    double mean[64], a[64], b[64], kg[64], kx[64], k0[64];
+    for (int64_t j = 0; j < c1 - c0; j++) {
+        mean[j] = nkt_normal(&r, 3.0, 0.5), a[j] = nkt_uniform(&r, 0.5, 2.0);
+        b[j] = nkt_uniform(&r, -1.0, 1.0), kg[j] = nkt_uniform(&r, 0.5, 1.5);
+        kx[j] = nkt_uniform(&r, -1.0, 1.0), k0[j] = nkt_uniform(&r, -0.1, 0.1);
+    }
+    char desc[160];
+    snprintf(desc, sizeof desc,
+             "%s %s N %lld C %lld HW %lld pads %lld %lld, channels [%lld, %lld), values [%lld, %lld)", isa, nkt_dtype_name(dt), (long long)sh->N, (long long)sh->C,
+             (long long)sh->HW, (long long)sh->pad_c, (long long)sh->pad_n, (long long)c0,
+             (long long)c1, (long long)r0, (long long)r1);
+    if (r1 - r0 <= NK_BLOCK_ELEMS) { /* reductions: one block */
+        double m1[64], m2[64];
+        nkt_case("runs_moments vs moments: %s", desc);
+        k->runs_moments(&v, x, c0, c1, r0, r1, m1, m2);
+        for (int64_t c = c0; c < c1; c++) {
+            double em, ev;
+            k->moments(&v, x, c, r0, r1, &em, &ev);
+            NKT_CHECK(!memcmp(&em, &m1[c - c0], 8) && !memcmp(&ev, &m2[c - c0], 8),
+                      "channel %lld: (%.17g, %.17g) vs (%.17g, %.17g)", (long long)c, m1[c - c0],
+                      m2[c - c0], em, ev);
+        }
+        for (int mask = 0; mask <= 1; mask++)
+            for (int wx = 0; wx <= 1; wx++) {
+                double s0[64], s1[64], s2[64];
+                nkt_case("runs_bwd_reduce vs bwd_reduce, mask %d, sum_x %d: %s", mask, wx, desc);
+                k->runs_bwd_reduce(&v, x, dy, mask ? ym : NULL, c0, c1, r0, r1, mean, s0, s1,
+                                   wx ? s2 : NULL);
+                for (int64_t c = c0; c < c1; c++) {
+                    double e0, e1, e2 = 0.0;
+                    k->bwd_reduce(&v, x, dy, mask ? ym : NULL, c, r0, r1, mean[c - c0], &e0,
+                                  &e1, wx ? &e2 : NULL);
+                    NKT_CHECK(!memcmp(&e0, &s0[c - c0], 8) && !memcmp(&e1, &s1[c - c0], 8) &&
+                                  (!wx || !memcmp(&e2, &s2[c - c0], 8)),
+                              "channel %lld: (%.17g, %.17g, %.17g) vs (%.17g, %.17g, %.17g)",
+                              (long long)c, s0[c - c0], s1[c - c0], wx ? s2[c - c0] : 0.0, e0, e1,
+                              e2);
+                }
+            }
+    }
+    char *got = nkt_malloc((size_t)span * es), *want = nkt_malloc((size_t)span * es);
+    int64_t at = 0;
+    for (int relu = 0; relu <= 1; relu++)
+        for (int inplace = 0; inplace <= 1; inplace++) { /* normalize: y in slot 1 */
+            nkt_case("runs_normalize vs normalize, relu %d, in place %d: %s", relu, inplace, desc);
+            char *yb = inplace ? buf[0] : buf[2];
+            memcpy(got, buf[0], (size_t)span * es); /* x, kept to restore */
+            if (!inplace) rk_fill(&r, dt, yb, span, 7.0, 1.0);
+            memcpy(want, yb, (size_t)span * es);
+            k->runs_normalize(&v, x, yb + es, c0, c1, r0, r1, mean, a, b, relu);
+            char *res = nkt_malloc((size_t)span * es);
+            memcpy(res, yb, (size_t)span * es);
+            memcpy(yb, want, (size_t)span * es); /* again with the per-channel kernel */
+            for (int64_t c = c0; c < c1; c++)
+                k->normalize(&v, x, yb + es, c, r0, r1, mean[c - c0], a[c - c0], b[c - c0], relu);
+            NKT_CHECK(rk_same(dt, res, yb, span, &at), "element %lld differs", (long long)at);
+            memcpy(buf[0], got, (size_t)span * es);
+            free(res);
+        }
+    for (int mask = 0; mask <= 1; mask++)
+        for (int inplace = 0; inplace <= 1; inplace++) { /* bwd_apply: dx in slot 2, or dy */
+            nkt_case("runs_bwd_apply vs bwd_apply, mask %d, in place %d: %s", mask, inplace, desc);
+            char *ob = inplace ? buf[1] : buf[2];
+            memcpy(got, buf[1], (size_t)span * es);
+            if (!inplace) rk_fill(&r, dt, ob, span, 7.0, 1.0);
+            memcpy(want, ob, (size_t)span * es);
+            k->runs_bwd_apply(&v, x, dy, mask ? ym : NULL, ob + es, c0, c1, r0, r1, mean, kg, kx,
+                              k0);
+            char *res = nkt_malloc((size_t)span * es);
+            memcpy(res, ob, (size_t)span * es);
+            memcpy(ob, want, (size_t)span * es);
+            for (int64_t c = c0; c < c1; c++)
+                k->bwd_apply(&v, x, dy, mask ? ym : NULL, ob + es, c, r0, r1, mean[c - c0],
+                             kg[c - c0], kx[c - c0], k0[c - c0]);
+            NKT_CHECK(rk_same(dt, res, ob, span, &at), "element %lld differs", (long long)at);
+            memcpy(buf[1], got, (size_t)span * es);
+            free(res);
+        }
+    free(got), free(want);
+    for (int t = 0; t < 5; t++) free(buf[t]);
+}
+
+static void test_bn_runs_kernels(void **state) {
+    (void)state;
+    static const rk_shape shapes[] = {
+        {5, 3, 49, 0, 0},   /* 7x7: runs of 49, phases of every kind */
+        {3, 37, 17, 0, 0},  /* more channels than a group of lane sums */
+        {4, 5, 33, 3, 5},   /* padded channels and batch */
+        {1, 4, 250, 0, 0},  /* N = 1: one reduced axis */
+        {2, 2, 5000, 1, 0}, /* a block boundary inside a run */
+    };
+    uint64_t salt = 9000;
+    for (int isa = NK_ISA_REF; isa <= (int)nk_isa_supported(); isa++)
+        for (int dt = NK_F32; dt <= NK_F64; dt++)
+            for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++, salt++) {
+                const rk_shape *sh = &shapes[s];
+                const nk_bn_kernels *k = nk_bn_kernels_isa((nk_isa)isa, (nk_dtype)dt);
+                const int64_t M = sh->N * sh->HW, C = sh->C;
+                const char *name = nk_isa_name((nk_isa)isa);
+                rk_case(k, name, (nk_dtype)dt, sh, 0, C, 0, M < NK_BLOCK_ELEMS ? M : NK_BLOCK_ELEMS,
+                        salt);
+                rk_case(k, name, (nk_dtype)dt, sh, C / 3, C - C / 4, 3, M - 2, salt); /* mid-run */
+                rk_case(k, name, (nk_dtype)dt, sh, C - 1, C, M - 1, M, salt);        /* one value */
+                if (M > NK_BLOCK_ELEMS)
+                    rk_case(k, name, (nk_dtype)dt, sh, 0, C, NK_BLOCK_ELEMS, M, salt); /* block 1 */
+                if (sh->N > 1) /* from inside run 1 on */
+                    rk_case(k, name, (nk_dtype)dt, sh, 0, C, sh->HW + 1,
+                            2 * sh->HW < M ? 2 * sh->HW + 3 : M, salt);
+            }
+}
+
 /* ---- threads: bitwise equality of the optimized kernels for 1..4 threads ------------------- */
 
 static void threads_case(const int64_t *dims, nk_dtype dt, nkt_layout lay, unsigned flags,
@@ -423,6 +592,10 @@ static void test_bn_threads_bitwise(void **state) {
     threads_case(fused, NK_F32, NKT_CHLAST, ss | NK_BN_FUSE_RELU, 5002, 0);
     threads_case(odd, NK_F64, NKT_STRIDED, ss | NK_BN_FUSE_RELU, 5003, 0);
     threads_case(odd, NK_F64, NKT_CHLAST, ss, 5004, 0);
+    /* 7x7 runs in groups of channels (batchnorm.c, fuse_group: the group size depends on the
+     * thread count), two blocks per channel, the second starting inside a run */
+    static const int64_t small[4] = {200, 32, 7, 7};
+    threads_case(small, NK_F32, NKT_CONTIG, ss | NK_BN_FUSE_RELU, 5007, 1);
     threads_case(big, NK_F32, NKT_CONTIG, ss, 5005, 1); /* the best ISA: the same kernels */
     threads_case(bigger, NK_F64, NKT_CONTIG, ss, 5006, 1);
 }
@@ -532,6 +705,7 @@ int main(void) {
         cmocka_unit_test(test_bn_streaming),
         cmocka_unit_test(test_bn_illconditioned),
         cmocka_unit_test(test_bn_elementwise_bound),
+        cmocka_unit_test(test_bn_runs_kernels),
         cmocka_unit_test(test_bn_threads_bitwise),
         cmocka_unit_test(test_rows_sweep),
     };

@@ -203,8 +203,42 @@ static void FN(rows_bwd_apply_)(const nk_cview *v, const void *xv, const void *d
         }
 }
 
+/* The runs functions (kernels.h): the per-channel functions channel by channel, so the same
+ * results by construction. */
+static void FN(runs_moments_)(const nk_cview *v, const void *xv, int64_t c0, int64_t c1,
+                              int64_t r0, int64_t r1, double *mean, double *m2) {
+    for (int64_t c = c0; c < c1; c++) FN(moments_)(v, xv, c, r0, r1, &mean[c - c0], &m2[c - c0]);
+}
+
+static void FN(runs_normalize_)(const nk_cview *v, const void *xv, void *yv, int64_t c0,
+                                int64_t c1, int64_t r0, int64_t r1, const double *mean,
+                                const double *a, const double *b, int relu) {
+    for (int64_t c = c0; c < c1; c++)
+        FN(normalize_)(v, xv, yv, c, r0, r1, mean[c - c0], a[c - c0], b[c - c0], relu);
+}
+
+static void FN(runs_bwd_reduce_)(const nk_cview *v, const void *xv, const void *dyv,
+                                 const void *ymv, int64_t c0, int64_t c1, int64_t r0, int64_t r1,
+                                 const double *mean, double *sum_g, double *sum_gx,
+                                 double *sum_x) {
+    for (int64_t c = c0; c < c1; c++)
+        FN(bwd_reduce_)(v, xv, dyv, ymv, c, r0, r1, mean[c - c0], &sum_g[c - c0],
+                        &sum_gx[c - c0], sum_x ? &sum_x[c - c0] : NULL);
+}
+
+static void FN(runs_bwd_apply_)(const nk_cview *v, const void *xv, const void *dyv,
+                                const void *ymv, void *dxv, int64_t c0, int64_t c1, int64_t r0,
+                                int64_t r1, const double *mean, const double *kg,
+                                const double *kx, const double *k0) {
+    for (int64_t c = c0; c < c1; c++)
+        FN(bwd_apply_)(v, xv, dyv, ymv, dxv, c, r0, r1, mean[c - c0], kg[c - c0], kx[c - c0],
+                       k0[c - c0]);
+}
+
 const nk_bn_kernels FN(nk_bn_ref_) = {FN(moments_),      FN(normalize_),      FN(bwd_reduce_),
-                                      FN(bwd_apply_),    FN(rows_moments_),   FN(rows_normalize_),
+                                      FN(bwd_apply_),    FN(runs_moments_),   FN(runs_normalize_),
+                                      FN(runs_bwd_reduce_), FN(runs_bwd_apply_),
+                                      FN(rows_moments_), FN(rows_normalize_),
                                       FN(rows_bwd_reduce_), FN(rows_bwd_apply_)};
 
 #undef FN
