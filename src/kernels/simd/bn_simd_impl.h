@@ -518,12 +518,23 @@ NK_VEC_INLINE vd SFN(rld_f64_)(const double *p, int k, int np, int wl, vmask ml)
     return k == np - 1 && wl < VW ? vd_maskload_f64(p, ml) : vd_load_f64(p);
 }
 
+/* The rows [r0, r1) of a view form one run of rows at a constant stride (NHWC: the whole
+ * range): the rows functions then address them as base + i * stride instead of through the
+ * offset tables of tile_rows_ (a quarter of the in-cache moments' time). Returns 1 and the
+ * run's first element offset of every tensor in off, else 0. */
+NK_VEC_INLINE int SFN(one_run_)(const nk_cview *v, int64_t r0, int64_t r1, int64_t *off) {
+    nk_seg_iter it;
+    nk_seg_begin(&it, v, 0, r0, r1);
+    return nk_seg_next(&it, off) == r1 - r0;
+}
+
 /* per channel j of the panel, row at block position q (l = q % 16):
  *     d = (double)x[j] - s[j];  S1[l][j] += d;  S2[l][j] = fma(d, d, S2[l][j]);
- * then per channel: nk_sum16 over the lanes and mom_finish_, as moments_ */
+ * then per channel: nk_sum16 over the lanes and mom_finish_, as moments_.
+ * uni: the rows are one run (one_run_): row r0 + i at xr + i * sr (xr at channel cc). */
 NK_VEC_INLINE void SFN(rmom_body_)(const nk_cview *v, const T *x, int64_t cc, const int np,
                                    const int wl, int64_t r0, int64_t r1, double *mean,
-                                   double *m2) {
+                                   double *m2, const int uni, const T *xr, int64_t sr) {
     enum { PW = NK_RPV_MOM * VW };
     const vmask ml = vm_range(0, wl);
     const int64_t strip = (int64_t)((np - 1) * VW + wl) * (int64_t)sizeof(T);
@@ -532,16 +543,20 @@ NK_VEC_INLINE void SFN(rmom_body_)(const nk_cview *v, const T *x, int64_t cc, co
     vd s[NK_RPV_MOM];
     NK_UNROLL for (int k = 0; k < NK_RPV_MOM; k++) s[k] = vd_zero();
     int cur = 0;
-    SFN(tile_rows_)(v, r0, r1 - r0 < RT ? r1 : r0 + RT, ro[0]);
+    if (!uni) {
+        SFN(tile_rows_)(v, r0, r1 - r0 < RT ? r1 : r0 + RT, ro[0]);
+        xr = x + ro[0][0][0] + cc;
+    }
     NK_UNROLL for (int k = 0; k < NK_RPV_MOM; k++)
-        if (k < np) s[k] = SFN(rld_)(x + ro[0][0][0] + cc + k * VW, k, np, wl, ml);
+        if (k < np) s[k] = SFN(rld_)(xr + k * VW, k, np, wl, ml);
     for (int l = 0; l < NK_LANES; l++)
         for (int j = 0; j < np * VW; j++) A1[l][j] = A2[l][j] = 0.0;
     for (int64_t t0 = r0; t0 < r1; t0 += RT, cur ^= 1) {
         const int64_t nr = r1 - t0 < RT ? r1 - t0 : RT, tn = t0 + RT;
         const int64_t nn = tn < r1 ? (r1 - tn < RT ? r1 - tn : RT) : 0; /* rows of the next tile */
-        if (nn) SFN(tile_rows_)(v, tn, tn + nn, ro[cur ^ 1]);
+        if (!uni && nn) SFN(tile_rows_)(v, tn, tn + nn, ro[cur ^ 1]);
         const int64_t *rc = ro[cur][0], *rn = ro[cur ^ 1][0];
+        const T *xt = uni ? xr + (t0 - r0) * sr : NULL;
         for (int l = 0; l < NK_LANES && l < nr; l++) {
             vd a1[NK_RPV_MOM], a2[NK_RPV_MOM];
             NK_UNROLL for (int k = 0; k < NK_RPV_MOM; k++) a1[k] = a2[k] = vd_zero();
@@ -550,8 +565,8 @@ NK_VEC_INLINE void SFN(rmom_body_)(const nk_cview *v, const T *x, int64_t cc, co
                 a2[k] = vd_load_f64(A2[l] + k * VW);
             }
             for (int64_t i = l; i < nr; i += NK_LANES) {
-                if (i < nn) SFN(prefetch_strip_)(x + rn[i] + cc, strip);
-                const T *p = x + rc[i] + cc;
+                const T *p = uni ? xt + i * sr : x + rc[i] + cc;
+                if (i < nn) SFN(prefetch_strip_)(uni ? p + RT * sr : x + rn[i] + cc, strip);
                 NK_UNROLL for (int k = 0; k < NK_RPV_MOM; k++) if (k < np) {
                     const vd d = vd_sub(SFN(rld_)(p + k * VW, k, np, wl, ml), s[k]);
                     a1[k] = vd_add(a1[k], d);
@@ -576,16 +591,26 @@ NK_VEC_INLINE void SFN(rmom_body_)(const nk_cview *v, const T *x, int64_t cc, co
 static void SFN(rows_moments_)(const nk_cview *v, const void *xv, int64_t c0, int64_t c1,
                                int64_t r0, int64_t r1, double *mean, double *m2) {
     const T *x = xv;
-    const int64_t nvec = (c1 - c0 + VW - 1) / VW;
+    const int64_t nvec = (c1 - c0 + VW - 1) / VW, sr = v->st[0][v->nd - 1];
+    int64_t off[NK_CV_MAXT];
+    const int uni = SFN(one_run_)(v, r0, r1, off);
     for (int64_t pv = 0; pv < nvec; pv += NK_RPV_MOM) {
         const int np = (int)(nvec - pv < NK_RPV_MOM ? nvec - pv : NK_RPV_MOM);
         const int64_t left = c1 - c0 - (pv + np - 1) * VW; /* channels from the last vector on */
         const int wl = (int)(left < VW ? left : VW);
         const int64_t j = pv * VW;
-        if (np == NK_RPV_MOM && wl == VW) /* a full panel: constant shape, no masks */
-            SFN(rmom_body_)(v, x, c0 + j, NK_RPV_MOM, VW, r0, r1, mean + j, m2 + j);
-        else
-            SFN(rmom_body_)(v, x, c0 + j, np, wl, r0, r1, mean + j, m2 + j);
+        const T *xr = x + off[0] + c0 + j;
+        if (np == NK_RPV_MOM && wl == VW) { /* a full panel: constant shape, no masks */
+            if (uni)
+                SFN(rmom_body_)(v, x, c0 + j, NK_RPV_MOM, VW, r0, r1, mean + j, m2 + j, 1, xr, sr);
+            else
+                SFN(rmom_body_)(v, x, c0 + j, NK_RPV_MOM, VW, r0, r1, mean + j, m2 + j, 0, NULL, 0);
+        } else {
+            if (uni)
+                SFN(rmom_body_)(v, x, c0 + j, np, wl, r0, r1, mean + j, m2 + j, 1, xr, sr);
+            else
+                SFN(rmom_body_)(v, x, c0 + j, np, wl, r0, r1, mean + j, m2 + j, 0, NULL, 0);
+        }
     }
 }
 
@@ -702,11 +727,14 @@ static void SFN(rows_normalize_)(const nk_cview *v, const void *xv, void *yv, in
 /* per channel j of the panel, row at block position q (l = q % 16):
  *     g = (double)dy[j];  if (ym && ym[j] <= 0) g = 0.0;  d = (double)x[j] - mean[j];
  *     G[l][j] += g;  GX[l][j] = fma(g, d, GX[l][j]);  X[l][j] += d;
- * then per channel: nk_sum16 over the lanes, as bwd_reduce_ */
+ * then per channel: nk_sum16 over the lanes, as bwd_reduce_.
+ * uni: the rows are one run (one_run_): row r0 + i at b[t] + i * sr[t] in x, dy, ym (t = 0,
+ * 1, 2; pointers at channel cc). */
 NK_VEC_INLINE void SFN(rbwd_body_)(const nk_cview *v, const T *x, const T *dy, const T *ym,
                                    int64_t cc, const int np, const int wl, int64_t r0,
                                    int64_t r1, const double *mean, double *sum_g,
-                                   double *sum_gx, double *sum_x) {
+                                   double *sum_gx, double *sum_x, const int uni,
+                                   const T *const *b, const int64_t *sr) {
     enum { PW = NK_RPV_BWD * VW };
     const vmask ml = vm_range(0, wl);
     const int64_t strip = (int64_t)((np - 1) * VW + wl) * (int64_t)sizeof(T);
@@ -715,11 +743,11 @@ NK_VEC_INLINE void SFN(rbwd_body_)(const nk_cview *v, const T *x, const T *dy, c
     int cur = 0;
     for (int l = 0; l < NK_LANES; l++)
         for (int j = 0; j < np * VW; j++) G[l][j] = GX[l][j] = X[l][j] = 0.0;
-    SFN(tile_rows_)(v, r0, r1 - r0 < RT ? r1 : r0 + RT, ro[0]);
+    if (!uni) SFN(tile_rows_)(v, r0, r1 - r0 < RT ? r1 : r0 + RT, ro[0]);
     for (int64_t t0 = r0; t0 < r1; t0 += RT, cur ^= 1) {
         const int64_t nr = r1 - t0 < RT ? r1 - t0 : RT, tn = t0 + RT;
         const int64_t nn = tn < r1 ? (r1 - tn < RT ? r1 - tn : RT) : 0;
-        if (nn) SFN(tile_rows_)(v, tn, tn + nn, ro[cur ^ 1]);
+        if (!uni && nn) SFN(tile_rows_)(v, tn, tn + nn, ro[cur ^ 1]);
         const int64_t(*rc)[RT] = ro[cur], (*rn)[RT] = ro[cur ^ 1];
         for (int l = 0; l < NK_LANES && l < nr; l++) {
             vd ag[NK_RPV_BWD], agx[NK_RPV_BWD], ax[NK_RPV_BWD];
@@ -730,13 +758,27 @@ NK_VEC_INLINE void SFN(rbwd_body_)(const nk_cview *v, const T *x, const T *dy, c
                 ax[k] = vd_load_f64(X[l] + k * VW);
             }
             for (int64_t i = l; i < nr; i += NK_LANES) {
-                if (i < nn) {
-                    SFN(prefetch_strip_)(x + rn[0][i] + cc, strip);
-                    SFN(prefetch_strip_)(dy + rn[1][i] + cc, strip);
-                    if (ym) SFN(prefetch_strip_)(ym + rn[3][i] + cc, strip);
+                const T *p, *g, *m;
+                if (uni) {
+                    const int64_t q = t0 - r0 + i;
+                    p = b[0] + q * sr[0];
+                    g = b[1] + q * sr[1];
+                    m = ym ? b[2] + q * sr[2] : NULL;
+                    if (i < nn) {
+                        SFN(prefetch_strip_)(p + RT * sr[0], strip);
+                        SFN(prefetch_strip_)(g + RT * sr[1], strip);
+                        if (ym) SFN(prefetch_strip_)(m + RT * sr[2], strip);
+                    }
+                } else {
+                    p = x + rc[0][i] + cc;
+                    g = dy + rc[1][i] + cc;
+                    m = ym ? ym + rc[3][i] + cc : NULL;
+                    if (i < nn) {
+                        SFN(prefetch_strip_)(x + rn[0][i] + cc, strip);
+                        SFN(prefetch_strip_)(dy + rn[1][i] + cc, strip);
+                        if (ym) SFN(prefetch_strip_)(ym + rn[3][i] + cc, strip);
+                    }
                 }
-                const T *p = x + rc[0][i] + cc, *g = dy + rc[1][i] + cc;
-                const T *m = ym ? ym + rc[3][i] + cc : NULL;
                 NK_UNROLL for (int k = 0; k < NK_RPV_BWD; k++) if (k < np) {
                     vd gv = SFN(rld_)(g + k * VW, k, np, wl, ml);
                     if (m) gv = vd_zero_where_le0(gv, SFN(rld_)(m + k * VW, k, np, wl, ml));
@@ -768,19 +810,34 @@ static void SFN(rows_bwd_reduce_)(const nk_cview *v, const void *xv, const void 
                                   int64_t r1, const double *mean, double *sum_g,
                                   double *sum_gx, double *sum_x) {
     const T *x = xv, *dy = dyv, *ym = ymv;
+    const int in = v->nd - 1;
     const int64_t nvec = (c1 - c0 + VW - 1) / VW;
+    const int64_t sr[3] = {v->st[0][in], v->st[1][in], v->st[3][in]};
+    int64_t off[NK_CV_MAXT];
+    const int uni = SFN(one_run_)(v, r0, r1, off);
     for (int64_t pv = 0; pv < nvec; pv += NK_RPV_BWD) {
         const int np = (int)(nvec - pv < NK_RPV_BWD ? nvec - pv : NK_RPV_BWD);
         const int64_t left = c1 - c0 - (pv + np - 1) * VW; /* channels from the last vector on */
         const int wl = (int)(left < VW ? left : VW);
         const int64_t j = pv * VW;
         double *sx = sum_x ? sum_x + j : NULL;
-        if (np == NK_RPV_BWD && wl == VW)
-            SFN(rbwd_body_)(v, x, dy, ym, c0 + j, NK_RPV_BWD, VW, r0, r1, mean + j, sum_g + j,
-                            sum_gx + j, sx);
-        else
-            SFN(rbwd_body_)(v, x, dy, ym, c0 + j, np, wl, r0, r1, mean + j, sum_g + j,
-                            sum_gx + j, sx);
+        const T *b[3] = {x + off[0] + c0 + j, dy + off[1] + c0 + j,
+                         ym ? ym + off[3] + c0 + j : NULL};
+        if (np == NK_RPV_BWD && wl == VW) {
+            if (uni)
+                SFN(rbwd_body_)(v, x, dy, ym, c0 + j, NK_RPV_BWD, VW, r0, r1, mean + j,
+                                sum_g + j, sum_gx + j, sx, 1, b, sr);
+            else
+                SFN(rbwd_body_)(v, x, dy, ym, c0 + j, NK_RPV_BWD, VW, r0, r1, mean + j,
+                                sum_g + j, sum_gx + j, sx, 0, b, sr);
+        } else {
+            if (uni)
+                SFN(rbwd_body_)(v, x, dy, ym, c0 + j, np, wl, r0, r1, mean + j, sum_g + j,
+                                sum_gx + j, sx, 1, b, sr);
+            else
+                SFN(rbwd_body_)(v, x, dy, ym, c0 + j, np, wl, r0, r1, mean + j, sum_g + j,
+                                sum_gx + j, sx, 0, b, sr);
+        }
     }
 }
 
