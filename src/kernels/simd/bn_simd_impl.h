@@ -632,7 +632,9 @@ NK_VEC_INLINE int SFN(rows_aligned_)(const T *q, int64_t sq) {
 
 /* Rows per block of the element-wise rows functions: a panel's coefficients are loaded into
  * registers once per block and panel, and the block (its rows of every tensor) stays in L1
- * while the panels walk it: at most RB rows and about RB_BYTES. */
+ * while the panels walk it: at most RB rows and about RB_BYTES. Rows of several panels whose
+ * outputs are streamed (tensors from memory) go row by row instead, in address order: by
+ * blocks, 16x256x56x56 NHWC float32 fwd-infer took 3.5 ms against 2.3 ms row by row. */
 #define RB 32
 #define RB_BYTES 32768
 NK_VEC_INLINE int64_t SFN(rblock_)(int64_t nc, int tensors) {
@@ -670,7 +672,8 @@ NK_VEC_INLINE void SFN(rnorm_rows_)(const T *p, T *q, int64_t sx, int64_t sy, in
                                     int64_t nc, const double *mean, const double *a,
                                     const double *b, const int relu, const int stream) {
     enum { PW = NK_RPV_MOM * VW };
-    const int64_t nf = nc / VW * VW, rb = SFN(rblock_)(nc, 2); /* nf: channels in full vectors */
+    /* nf: channels in full vectors; rb: see RB (rows of one panel or streamed: row by row) */
+    const int64_t nf = nc / VW * VW, rb = stream && nc > PW ? 1 : SFN(rblock_)(nc, 2);
     for (int64_t r0 = 0; r0 < n; r0 += rb) {
         const int64_t nr = n - r0 < rb ? n - r0 : rb;
         const T *pb = p + r0 * sx;
@@ -878,7 +881,7 @@ NK_VEC_INLINE void SFN(rapp_rows_)(const T *p, const T *g, const T *m, T *o, int
                                    const double *mean, const double *kg, const double *kx,
                                    const double *k0, const int stream) {
     enum { PW = RPA * VW };
-    const int64_t nf = nc / VW * VW, rb = SFN(rblock_)(nc, m ? 4 : 3);
+    const int64_t nf = nc / VW * VW, rb = stream && nc > PW ? 1 : SFN(rblock_)(nc, m ? 4 : 3);
     for (int64_t r0 = 0; r0 < n; r0 += rb) {
         const int64_t nr = n - r0 < rb ? n - r0 : rb;
         const T *pb = p + r0 * sx, *gb = g + r0 * sd, *mb = m ? m + r0 * sm : NULL;
