@@ -486,8 +486,12 @@ static void SFN(bwd_apply_)(const nk_cview *v, const void *xv, const void *dyv, 
 }
 
 /* ---- rows (channels innermost) ----------------------------------------------------------
- * Vectors run along the channels. Element-wise functions walk row by row with the per-channel
- * coefficients in L1. Reductions give each channel exactly the lane sums of the per-channel
+ * Vectors run along the channels. Element-wise functions walk blocks of rows panel by panel,
+ * a panel's per-channel coefficients held in registers (see RB). Measured in L2 (1024 rows of
+ * 64 float32 channels, AVX-512), per row: normalize 10.1 -> 3.9 ns, bwd_apply 12.9 -> 6.5 ns
+ * against loading the coefficients from L1 for every vector; rows that form one run (one_run_)
+ * took the reductions from 7.4 to 5.2 ns (moments) and 11.7 to 9.0 ns (bwd_reduce).
+ * Reductions give each channel exactly the lane sums of the per-channel
  * functions above (lane = the row's position in the block % 16): a panel of up to NK_RPV_*
  * vectors of channels is walked tile by tile (RT rows), and within a tile lane by lane, so a
  * lane's sums stay in registers for its RT / 16 rows and are kept in L1 between tiles; the
