@@ -423,6 +423,9 @@ static void test_bn_threads_bitwise(void **state) {
     threads_case(fused, NK_F32, NKT_CHLAST, ss | NK_BN_FUSE_RELU, 5002, 0);
     threads_case(odd, NK_F64, NKT_STRIDED, ss | NK_BN_FUSE_RELU, 5003, 0);
     threads_case(odd, NK_F64, NKT_CHLAST, ss, 5004, 0);
+    /* 2 blocks of 64 channels: the rows reductions take half chunks on 4 threads */
+    static const int64_t halves[4] = {3, 64, 60, 60};
+    threads_case(halves, NK_F32, NKT_CHLAST, ss | NK_BN_FUSE_RELU, 5007, 0);
     threads_case(big, NK_F32, NKT_CONTIG, ss, 5005, 1); /* the best ISA: the same kernels */
     threads_case(bigger, NK_F64, NKT_CONTIG, ss, 5006, 1);
 }
