@@ -596,8 +596,183 @@ static void test_bn_threads_bitwise(void **state) {
      * thread count), two blocks per channel, the second starting inside a run */
     static const int64_t small[4] = {200, 32, 7, 7};
     threads_case(small, NK_F32, NKT_CONTIG, ss | NK_BN_FUSE_RELU, 5007, 1);
+    /* 2 blocks of 64 channels: the rows reductions take half chunks on 4 threads */
+    static const int64_t halves[4] = {3, 64, 60, 60};
+    threads_case(halves, NK_F32, NKT_CHLAST, ss | NK_BN_FUSE_RELU, 5008, 0);
     threads_case(big, NK_F32, NKT_CONTIG, ss, 5005, 1); /* the best ISA: the same kernels */
     threads_case(bigger, NK_F64, NKT_CONTIG, ss, 5006, 1);
+}
+
+/* ---- rows kernels against the per-channel kernels, on views of several runs --------------- */
+
+static void fill_sentinel(void *p, nk_dtype dt, int64_t n) {
+    for (int64_t e = 0; e < n; e++)
+        if (dt == NK_F32)
+            ((float *)p)[e] = (float)NKT_SENTINEL;
+        else
+            ((double *)p)[e] = NKT_SENTINEL;
+}
+
+/* Channels-last views whose rows are not one run (each W-line padded: the rows kernels walk
+ * the rows through offset tables) and dense ones (one run: base + i * stride), for every
+ * instruction set: rows_moments / rows_bwd_reduce give each channel the bits of moments /
+ * bwd_reduce, rows_normalize / rows_bwd_apply write the bits of normalize / bwd_apply (the
+ * same expression per value), over sub-ranges of rows and of channels (C = 3, 23, 64, 67:
+ * partial vectors and panels), with and without the ReLU mask, and leave the padding alone. */
+static void rows_kernels_case(nk_isa isa, nk_dtype dt, int64_t C, int64_t pad, uint64_t salt) {
+    const int64_t N = 2, H = 3, W = 37, Wp = W + pad, M = N * H * W;
+    const int64_t dims[4] = {N, C, H, W}, st[4] = {H * Wp * C, 1, Wp * C, C};
+    const int64_t len = N * H * Wp * C;
+    const size_t es = dt == NK_F32 ? sizeof(float) : sizeof(double);
+    const nk_bn_kernels *k = nk_bn_kernels_isa(isa, dt);
+    nkt_rng r = nkt_rng_make(salt);
+    void *buf[6];
+    nk_tensor t[6];
+    for (int i = 0; i < 6; i++) { /* x, dy, dx, ym; then the per-channel kernels' dx, y */
+        buf[i] = nkt_malloc((size_t)len * es);
+        for (int64_t e = 0; e < len; e++) {
+            const double val = i == 3 ? nkt_uniform(&r, -1, 1) : nkt_normal(&r, 1, 2);
+            if (dt == NK_F32)
+                ((float *)buf[i])[e] = (float)val;
+            else
+                ((double *)buf[i])[e] = val;
+        }
+        t[i].data = buf[i];
+        t[i].dtype = dt;
+        t[i].ndim = 4;
+        memcpy(t[i].dims, dims, sizeof dims);
+        memcpy(t[i].strides, st, sizeof st);
+    }
+    const nk_tensor *ts[4] = {&t[0], &t[1], &t[2], &t[3]};
+    nk_cview v;
+    nk_cview_init(&v, 4, ts);
+    assert_true(nk_view_rows(&v));
+    double *mean = nkt_malloc((size_t)C * 5 * sizeof(double)), *a = mean + C, *b = a + C,
+           *kx = b + C, *k0 = kx + C;
+    double *rm = nkt_malloc((size_t)C * 3 * sizeof(double)), *r2 = rm + C, *r3 = r2 + C;
+    for (int64_t c = 0; c < C; c++) {
+        mean[c] = nkt_uniform(&r, -1, 1);
+        a[c] = nkt_uniform(&r, 0.5, 2);
+        b[c] = nkt_uniform(&r, -1, 1);
+        kx[c] = nkt_uniform(&r, -1, 1);
+        k0[c] = nkt_uniform(&r, -1, 1);
+    }
+    const int64_t ranges[3][2] = {{0, M}, {5, M - 3}, {W - 2, W + 3}};
+    const int64_t chans[2][2] = {{0, C}, {1, C > 2 ? C - 1 : C}};
+    for (int ri = 0; ri < 3; ri++)
+        for (int ci = 0; ci < 2; ci++)
+            for (int masked = 0; masked <= 1; masked++) {
+                const int64_t r0 = ranges[ri][0], r1 = ranges[ri][1];
+                const int64_t c0 = chans[ci][0], c1 = chans[ci][1];
+                const void *ym = masked ? buf[3] : NULL;
+                nkt_case("%s rows kernels: C %lld, pad %lld, %s, rows [%lld, %lld), channels "
+                         "[%lld, %lld)%s", nk_isa_name(isa), (long long)C, (long long)pad,
+                         dt == NK_F32 ? "float32" : "float64", (long long)r0, (long long)r1,
+                         (long long)c0, (long long)c1, masked ? ", mask" : "");
+                k->rows_moments(&v, buf[0], c0, c1, r0, r1, rm, r2);
+                for (int64_t c = c0; c < c1; c++) {
+                    double m1, m2;
+                    k->moments(&v, buf[0], c, r0, r1, &m1, &m2);
+                    NKT_CHECK(!memcmp(&m1, &rm[c - c0], 8) && !memcmp(&m2, &r2[c - c0], 8),
+                              "moments of channel %lld: %.17g %.17g vs %.17g %.17g", (long long)c,
+                              rm[c - c0], r2[c - c0], m1, m2);
+                }
+                k->rows_bwd_reduce(&v, buf[0], buf[1], ym, c0, c1, r0, r1, mean + c0, rm, r2, r3);
+                for (int64_t c = c0; c < c1; c++) {
+                    double sg, sgx, sx;
+                    k->bwd_reduce(&v, buf[0], buf[1], ym, c, r0, r1, mean[c], &sg, &sgx, &sx);
+                    NKT_CHECK(!memcmp(&sg, &rm[c - c0], 8) && !memcmp(&sgx, &r2[c - c0], 8) &&
+                                  !memcmp(&sx, &r3[c - c0], 8),
+                              "bwd_reduce of channel %lld", (long long)c);
+                }
+                /* rows into slot 2 (dx), per channel into buf[4] through a view of the same
+                 * strides, then compared element by element (padding included) */
+                fill_sentinel(buf[2], dt, len);
+                fill_sentinel(buf[4], dt, len);
+                k->rows_bwd_apply(&v, buf[0], buf[1], ym, buf[2], c0, c1, r0, r1, mean + c0,
+                                  a + c0, kx + c0, k0 + c0);
+                nk_cview w = v;
+                const void *x4 = buf[0];
+                for (int64_t c = c0; c < c1; c++)
+                    k->bwd_apply(&w, x4, buf[1], ym, buf[4], c, r0, r1, mean[c], a[c], kx[c], k0[c]);
+                NKT_CHECK(!memcmp(buf[2], buf[4], (size_t)len * es), "bwd_apply");
+                fill_sentinel(buf[2], dt, len);
+                fill_sentinel(buf[5], dt, len);
+                k->rows_normalize(&v, buf[0], buf[2], c0, c1, r0, r1, mean + c0, a + c0, b + c0,
+                                  masked);
+                for (int64_t c = c0; c < c1; c++) {
+                    /* normalize writes slot 1: a view with y = buf[5] there */
+                    const nk_tensor *ty[2] = {&t[0], &t[5]};
+                    nk_cview vy;
+                    nk_cview_init(&vy, 2, ty);
+                    k->normalize(&vy, buf[0], buf[5], c, r0, r1, mean[c], a[c], b[c], masked);
+                }
+                NKT_CHECK(!memcmp(buf[2], buf[5], (size_t)len * es), "normalize");
+            }
+    for (int i = 0; i < 6; i++) free(buf[i]);
+    free(mean);
+    free(rm);
+}
+
+static void test_bn_rows_kernels(void **state) {
+    (void)state;
+    static const int64_t Cs[] = {3, 23, 64, 67};
+    uint64_t salt = 9000;
+    for (int isa = NK_ISA_AVX2; isa <= (int)nk_isa_supported(); isa++)
+        for (int d = 0; d < 2; d++)
+            for (size_t ci = 0; ci < sizeof Cs / sizeof Cs[0]; ci++)
+                for (int64_t pad = 0; pad <= 2; pad += 2)
+                    rows_kernels_case((nk_isa)isa, d ? NK_F64 : NK_F32, Cs[ci], pad, salt++);
+}
+
+/* The rows element-wise kernels stream their outputs when the pass's tensors together reach
+ * NK_STREAM_MIN_BYTES and the rows are aligned (64-byte aligned buffers here, C = 72: every
+ * row aligned for both instruction sets): the bits of the per-channel kernels (which do not
+ * stream these strided runs), the mask and ReLU included. */
+static void test_bn_rows_streaming(void **state) {
+    (void)state;
+    const int64_t C = 72, HW = 61000, len = C * HW;
+    const int64_t dims[4] = {1, C, 1, HW}, st[4] = {len, 1, len, C};
+    assert_true(2 * len * (int64_t)sizeof(float) >= NK_STREAM_MIN_BYTES);
+    nkt_rng r = nkt_rng_make(9500);
+    float *buf[5];
+    nk_tensor t[5];
+    for (int i = 0; i < 5; i++) { /* x, dy, rows output, ym, per-channel output */
+        buf[i] = aligned_alloc(64, (size_t)len * sizeof(float));
+        assert_non_null(buf[i]);
+        for (int64_t e = 0; e < len; e++) buf[i][e] = (float)nkt_normal(&r, 0.5, 1);
+        t[i].data = buf[i];
+        t[i].dtype = NK_F32;
+        t[i].ndim = 4;
+        memcpy(t[i].dims, dims, sizeof dims);
+        memcpy(t[i].strides, st, sizeof st);
+    }
+    double co[4][72];
+    for (int q = 0; q < 4; q++)
+        for (int64_t c = 0; c < C; c++) co[q][c] = nkt_uniform(&r, -1, 1);
+    const nk_tensor *tb[4] = {&t[0], &t[1], &t[2], &t[3]}, *tf[4] = {&t[0], &t[1], &t[4], &t[3]};
+    nk_cview vb, vf;
+    nk_cview_init(&vb, 4, tb);
+    nk_cview_init(&vf, 4, tf);
+    for (int isa = NK_ISA_AVX2; isa <= (int)nk_isa_supported(); isa++) {
+        const nk_bn_kernels *k = nk_bn_kernels_isa((nk_isa)isa, NK_F32);
+        for (int masked = 0; masked <= 1; masked++) {
+            const void *ym = masked ? buf[3] : NULL;
+            nkt_case("%s rows streaming stores, C %lld, %lld rows%s", nk_isa_name((nk_isa)isa),
+                     (long long)C, (long long)HW, masked ? ", mask / relu" : "");
+            k->rows_bwd_apply(&vb, buf[0], buf[1], ym, buf[2], 0, C, 0, HW, co[0], co[1], co[2],
+                              co[3]);
+            for (int64_t c = 0; c < C; c++)
+                k->bwd_apply(&vf, buf[0], buf[1], ym, buf[4], c, 0, HW, co[0][c], co[1][c],
+                             co[2][c], co[3][c]);
+            NKT_CHECK(!memcmp(buf[2], buf[4], (size_t)len * sizeof(float)), "bwd_apply");
+            k->rows_normalize(&vb, buf[0], buf[2], 0, C, 0, HW, co[0], co[1], co[2], masked);
+            for (int64_t c = 0; c < C; c++) /* every slot has the same strides: y in buf[4] */
+                k->normalize(&vf, buf[0], buf[4], c, 0, HW, co[0][c], co[1][c], co[2][c], masked);
+            NKT_CHECK(!memcmp(buf[2], buf[4], (size_t)len * sizeof(float)), "normalize");
+        }
+    }
+    for (int i = 0; i < 5; i++) free(buf[i]);
 }
 
 /* ---- layer norm and RMS norm rows ---------------------------------------------------------- */
@@ -707,6 +882,8 @@ int main(void) {
         cmocka_unit_test(test_bn_elementwise_bound),
         cmocka_unit_test(test_bn_runs_kernels),
         cmocka_unit_test(test_bn_threads_bitwise),
+        cmocka_unit_test(test_bn_rows_kernels),
+        cmocka_unit_test(test_bn_rows_streaming),
         cmocka_unit_test(test_rows_sweep),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
