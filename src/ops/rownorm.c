@@ -439,18 +439,31 @@ nk_status nk_rn_forward(nk_ctx *ctx, const nk_rn_spec *s, const nk_tensor *x,
  *    correction is ~1e-3 of the sum at most: no cancellation). No extra pass over x.
  *  - rows of several blocks: the means are recomputed by nk_moments_blocks, as the forward. */
 
-/* Adds the row blocks' column partials in block order into ws[colsum] (dgamma, dbeta). */
-static void merge_columns(const rn_plan *p, const rn_layout *l, double *ws) {
-    const int64_t K = p->K;
+/* Adds the row blocks' column partials in block order into ws[colsum] (dgamma, dbeta):
+ *     sum[j] = ((0 + part_0[j]) + part_1[j]) + ... + part_{RB-1}[j]
+ * Columns are taken RN_MERGE_COLS at a time with their running sums in registers (one read
+ * of each partial, one store per sum, instead of a load and a store of the sum per block),
+ * and the column chunks are split over the threads: each sum keeps its order. */
+#define RN_MERGE_COLS 8
+static void merge_columns(const nk_ctx *ctx, const rn_plan *p, const rn_layout *l, double *ws) {
+    const int64_t K = p->K, RB = p->RB, n2 = 2 * K; /* dgamma's K sums then dbeta's */
     const double *colp = ws + l->colp;
-    double *sg = ws + l->colsum, *sb = sg + K;
-    for (int64_t j = 0; j < K; j++) sg[j] = sb[j] = 0.0;
-    for (int64_t rb = 0; rb < p->RB; rb++) { /* fixed order: block 0, 1, ... */
-        const double *pg = colp + rb * 2 * K, *pb = pg + K;
-        for (int64_t j = 0; j < K; j++) {
-            sg[j] += pg[j];
-            sb[j] += pb[j];
+    double *sum = ws + l->colsum;
+    const int64_t chunks = (n2 + RN_MERGE_COLS - 1) / RN_MERGE_COLS;
+    const int nt = nk_threads_for(ctx, RB * n2);
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+    for (int64_t q = 0; q < chunks; q++) {
+        const int64_t j0 = q * RN_MERGE_COLS;
+        const int64_t m = n2 - j0 < RN_MERGE_COLS ? n2 - j0 : RN_MERGE_COLS;
+        double acc[RN_MERGE_COLS] = {0};
+        for (int64_t rb = 0; rb < RB; rb++) { /* fixed order: block 0, 1, ... */
+            const double *pp = colp + rb * n2 + j0;
+            if (m == RN_MERGE_COLS)
+                for (int i = 0; i < RN_MERGE_COLS; i++) acc[i] += pp[i];
+            else
+                for (int64_t i = 0; i < m; i++) acc[i] += pp[i];
         }
+        for (int64_t i = 0; i < m; i++) sum[j0 + i] = acc[i];
     }
 }
 
@@ -461,10 +474,8 @@ static void block_partials(const rn_plan *p, const rn_layout *l, double *ws, int
     double *base = ws + l->colp + rb * 2 * p->K;
     *pg = want_g ? base : NULL;
     *pb = want_b ? base + p->K : NULL;
-    for (int64_t j = j0; j < j1; j++) {
-        if (*pg) (*pg)[j] = 0.0;
-        if (*pb) (*pb)[j] = 0.0;
-    }
+    if (*pg) memset(*pg + j0, 0, (size_t)(j1 - j0) * sizeof(double));
+    if (*pb) memset(*pb + j0, 0, (size_t)(j1 - j0) * sizeof(double));
 }
 
 typedef struct rn_bwd {
@@ -629,9 +640,10 @@ nk_status nk_rn_backward(nk_ctx *ctx, const nk_rn_spec *s, const nk_tensor *x,
         bwd_blocked_rows(ctx, &b, centers);
     }
     if (dgamma || dbeta) {
-        merge_columns(&p, &l, ws);
-        nk_rows_store(dgamma, 0, K, ws + l.colsum);
-        nk_rows_store(dbeta, 0, K, ws + l.colsum + K);
+        merge_columns(ctx, &p, &l, ws);
+        const rn_vec vg = vec_of(dgamma), vb = vec_of(dbeta);
+        vec_store(&vg, 0, K, ws + l.colsum);
+        vec_store(&vb, 0, K, ws + l.colsum + K);
     }
     return NK_OK;
 }
