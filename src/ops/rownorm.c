@@ -1,10 +1,13 @@
 /* The row-normalization engine: validation, workspace, and the forward/backward passes shared
  * by layer norm, RMS norm, MVN and weight standardization (formulas in ops/rownorm.h).
  *
- * Work decomposition (fixed by R rows and K values per row, never by the thread count):
- *  - forward, K <= NK_BLOCK_ELEMS: a task is a group of whole rows (about NK_BLOCK_ELEMS
- *    values); each row's statistics come from the moments kernel over the whole row, then the
- *    row is normalized while it is still in L1.
+ * Work decomposition (every sum fixed by R rows and K values per row, never by the thread
+ * count):
+ *  - forward, K <= NK_BLOCK_ELEMS: each thread takes an equal share of whole rows (a row's
+ *    results depend on no other row, and the row kernels give a row the same bits whether
+ *    they take it alone or paired, so the split may follow the thread count: balanced shares,
+ *    one call of the kernels per pair of rows, no task tail); per row, the statistics from the
+ *    moments kernel over the whole row, then the row normalized while it is still in L1.
  *  - forward, K > NK_BLOCK_ELEMS: a task is one block of one row; row statistics come from
  *    nk_moments_blocks (blocks merged in block order).
  *  - dgamma / dbeta are column sums across rows: rows are split into at most RN_ROW_BLOCKS_MAX
@@ -144,8 +147,7 @@ static nk_status check_affine(nk_ctx *ctx, const nk_rn_spec *s, const nk_tensor 
 typedef struct rn_plan {
     int64_t R, K;
     int64_t nb;          /* blocks per row (1: whole rows per task) */
-    int64_t rows_per_task;
-    int64_t row_tasks;   /* forward / dx tasks */
+    int64_t row_tasks;   /* nb > 1: forward (row, block) tasks */
     int64_t rb_rows;     /* rows per row block (column sums) */
     int64_t RB;          /* row blocks */
 } rn_plan;
@@ -157,10 +159,8 @@ static rn_plan make_plan(int64_t R, int64_t K) {
     p.nb = nk_num_blocks(K);
     if (p.nb <= 1) {
         p.nb = 1;
-        p.rows_per_task = K > 0 && K < NK_BLOCK_ELEMS ? NK_BLOCK_ELEMS / K : 1;
-        p.row_tasks = R == 0 ? 0 : (R + p.rows_per_task - 1) / p.rows_per_task;
+        p.row_tasks = 0; /* whole rows: shares per thread (nk_rn_forward) */
     } else {
-        p.rows_per_task = 1;
         p.row_tasks = R * p.nb; /* (row, block) tasks; validated sizes: R * nb <= numel */
     }
     p.rb_rows = (R + RN_ROW_BLOCKS_MAX - 1) / RN_ROW_BLOCKS_MAX;
@@ -391,10 +391,11 @@ nk_status nk_rn_forward(nk_ctx *ctx, const nk_rn_spec *s, const nk_tensor *x,
 
     const rn_vec v0 = vec_of(stat0), v1 = vec_of(stat1);
     if (p.nb == 1) {
+        const int64_t per = ((R + nt - 1) / nt + 1) / 2 * 2; /* rows per thread, even */
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-        for (int64_t t = 0; t < p.row_tasks; t++) {
-            const int64_t r0 = t * p.rows_per_task;
-            const int64_t r1 = r0 + p.rows_per_task < R ? r0 + p.rows_per_task : R;
+        for (int64_t t = 0; t < nt; t++) {
+            const int64_t r0 = t * per;
+            const int64_t r1 = r0 + per < R ? r0 + per : R;
             for (int64_t rg = r0; rg < r1; rg += RN_FWD_GROUP) {
                 const int64_t re = rg + RN_FWD_GROUP < r1 ? rg + RN_FWD_GROUP : r1;
                 double c[RN_FWD_GROUP], a[RN_FWD_GROUP], s0[RN_FWD_GROUP], s1[RN_FWD_GROUP];
