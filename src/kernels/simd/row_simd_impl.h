@@ -246,7 +246,14 @@ static void RFN(row_normalize_)(const nk_cview *v, const void *xv, void *yv, int
     const int stream = sx == 1 && sy == 1 && RFN(rstreams_)(v);
     nk_seg_iter it;
     int64_t off[NK_CV_MAXT], n, j = j0;
-    for (RFN(rseg_begin_)(&it, v, r, j0, j1); (n = nk_seg_next(&it, off)); j += n) {
+    const int plain = v->nk == 1 && v->nd == 1; /* rows of a matrix: one run, no iterator */
+    for (RFN(rseg_begin_)(&it, v, r, j0, j1); (n = plain ? it.remaining : nk_seg_next(&it, off));
+         j += n) {
+        if (plain) {
+            off[0] = it.off[0];
+            off[1] = it.off[1];
+            it.remaining = 0;
+        }
         const T *p = x + off[0];
         T *q = y + off[1];
         const double *gj = gamma ? gamma + j : NULL, *bj = beta ? beta + j : NULL;
