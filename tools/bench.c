@@ -8,8 +8,9 @@
  * drift. Every buffer, the workspace included, is supplied by the caller and touched before
  * the first timing, so no page fault or allocation is timed.
  *
- * GB/s counts the bytes the op must move (forward: x + y, backward: x + dy + dx), from the
- * median time; the ratio is median(op) / median(baseline). Times print in microseconds so
+ * GB/s counts the bytes the op must move (forward: x + y, backward: x + dy + dx; the fused
+ * bn-add-relu: forward x + z + y, backward x + y + dy + dx + dz, its baselines y = x + z and
+ * dx = x + dy, dz = y + dy), from the median time; the ratio is median(op) / median(baseline). Times print in microseconds so
  * that a per-call overhead (shape 8x64x1x1) is as readable as a 50 MB pass.
  *
  * `--serve` turns the same setup into a worker for bench/compare.py (bench_serve.c).
@@ -31,7 +32,7 @@
 /* Work per thread of the baseline's chunks (bytes of x). */
 #define BENCH_CHUNK (1 << 20)
 
-const char *const BENCH_OP_NAMES[BENCH_NUM_OPS] = {"bn", "ln", "gn", "in", "rms"};
+const char *const BENCH_OP_NAMES[BENCH_NUM_OPS] = {"bn", "ln", "gn", "in", "rms", "bn-add-relu"};
 const char *const BENCH_PASS_NAMES[BENCH_NUM_PASSES] = {"fwd-train", "fwd-infer", "bwd"};
 
 static void usage(FILE *f) {
@@ -41,12 +42,17 @@ static void usage(FILE *f) {
             "Times a normalization op and a plain copy (forward) or add (backward) of the same\n"
             "size, alternately, and prints median and min times in microseconds, GB/s and the\n"
             "ratio op / copy.\n\n"
-            "  --op OP           bn, ln, gn, in or rms [bn]\n"
+            "  --op OP           bn, ln, gn, in, rms or bn-add-relu [bn]; bn-add-relu is\n"
+            "                    y = max(0, bn(x) + z) (nk_batchnorm_add_relu_*): its GB/s\n"
+            "                    count x, z and y (forward) or x, y, dy, dx and dz\n"
+            "                    (backward), against y = x + z, resp. dx = x + dy and\n"
+            "                    dz = y + dy in one pass\n"
             "  --pass P          fwd-train, fwd-infer or bwd [fwd-train]; for ln, rms and gn\n"
             "                    fwd-infer is the forward without saved statistics\n"
-            "  --shape S         NxCxHxW (bn, gn, in: N, C, then any spatial axes) or RxK (ln,\n"
-            "                    rms: normalized over the last axis) [16x256x56x56 or 4096x4096]\n"
-            "  --layout L        nchw or nhwc (channels last; bn, gn, in) [nchw]\n"
+            "  --shape S         NxCxHxW (bn, bn-add-relu, gn, in: N, C, then any spatial\n"
+            "                    axes) or RxK (ln, rms: normalized over the last axis)\n"
+            "                    [16x256x56x56 or 4096x4096]\n"
+            "  --layout L        nchw or nhwc (channels last; bn, bn-add-relu, gn, in) [nchw]\n"
             "  --threads T       threads of the op and of the baseline [1]\n"
             "  --reps R          timed repetitions of each [%d]\n"
             "  --dtype D         f32 or f64 [f32]\n"
@@ -89,7 +95,7 @@ int bench_pick(const char *s, const char *const *names, int n) {
 int bench_check(bench_opts *o, char *err, size_t errlen) {
     const int rowwise = o->op == OP_LN || o->op == OP_RMS;
     if (rowwise && o->nhwc) {
-        snprintf(err, errlen, "--layout nhwc applies to bn, gn and in only");
+        snprintf(err, errlen, "--layout nhwc applies to bn, bn-add-relu, gn and in only");
         return 1;
     }
     if (!rowwise && o->ndim < 2) {
@@ -178,15 +184,60 @@ static void add_pass(void *dst, const void *a, const void *b, int64_t n, nk_dtyp
     }
 }
 
+/* dx = x + dy, dz = y + dy in one pass: bn-add-relu's backward traffic (read 3, write 2). */
+static void add2_pass(void *dx, void *dz, const void *x, const void *y, const void *dy, int64_t n,
+                      nk_dtype dt, int threads) {
+    const int64_t per = BENCH_CHUNK / (int64_t)nk_dtype_size(dt);
+    const int64_t chunks = (n + per - 1) / per;
+    const int nt = pass_threads(chunks, threads);
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+    for (int64_t k = 0; k < chunks; k++) {
+        const int64_t lo = k * per, hi = lo + per < n ? lo + per : n;
+        if (dt == NK_F32) {
+            float *o = dx, *q = dz;
+            const float *a = x, *b = y, *g = dy;
+            for (int64_t i = lo; i < hi; i++) {
+                o[i] = a[i] + g[i];
+                q[i] = b[i] + g[i];
+            }
+        } else {
+            double *o = dx, *q = dz;
+            const double *a = x, *b = y, *g = dy;
+            for (int64_t i = lo; i < hi; i++) {
+                o[i] = a[i] + g[i];
+                q[i] = b[i] + g[i];
+            }
+        }
+    }
+}
+
 void bench_baseline(bench_state *s) {
-    if (s->o.pass == PASS_BWD)
+    const int bwd = s->o.pass == PASS_BWD;
+    if (s->o.op == OP_BNAR && bwd)
+        add2_pass(s->dxb, s->dzb, s->xb, s->yb, s->dyb, s->numel, s->o.dt, s->o.threads);
+    else if (s->o.op == OP_BNAR)
+        add_pass(s->yb, s->xb, s->zb, s->numel, s->o.dt, s->o.threads);
+    else if (bwd)
         add_pass(s->yb, s->xb, s->dyb, s->numel, s->o.dt, s->o.threads);
     else
         copy_pass(s->yb, s->xb, s->bytes, s->o.threads);
 }
 
+const char *bench_baseline_name(const bench_state *s) {
+    if (s->o.op == OP_BNAR) return s->o.pass == PASS_BWD ? "add2" : "add";
+    return s->o.pass == PASS_BWD ? "add" : "copy";
+}
+
 double bench_bytes_moved(const bench_state *s) {
-    return (double)s->bytes * (s->o.pass == PASS_BWD ? 3.0 : 2.0);
+    const int bwd = s->o.pass == PASS_BWD;
+    const double tensors = s->o.op == OP_BNAR ? (bwd ? 5.0 : 3.0) : (bwd ? 3.0 : 2.0);
+    return (double)s->bytes * tensors;
+}
+
+const char *bench_traffic(const bench_state *s) {
+    const int bwd = s->o.pass == PASS_BWD;
+    if (s->o.op == OP_BNAR) return bwd ? "read x, y, dy, write dx, dz" : "read x, z, write y";
+    return bwd ? "read x, dy, write dx" : "read x, write y";
 }
 
 /* ---- the op ------------------------------------------------------------------------------ */
@@ -205,6 +256,19 @@ nk_status bench_run_op(bench_state *s) {
             return nk_batchnorm_forward_inference(c, &p, &s->x, &s->g, &s->b, &s->rm, &s->rv, &s->y);
         return nk_batchnorm_backward(c, &p, &s->x, &s->dy, &s->g, &s->sm, &s->si, NULL, &s->dx,
                                      &s->dg, &s->db, s->ws, s->ws_size);
+    }
+    case OP_BNAR: {
+        nk_batchnorm_params p;
+        nk_batchnorm_params_default(&p);
+        if (o->pass == PASS_TRAIN)
+            return nk_batchnorm_add_relu_forward_train(c, &p, &s->x, &s->z, &s->g, &s->b, &s->y,
+                                                       &s->sm, &s->si, &s->rm, &s->rv, &s->nbt,
+                                                       s->ws, s->ws_size);
+        if (o->pass == PASS_INFER)
+            return nk_batchnorm_add_relu_forward_inference(c, &p, &s->x, &s->z, &s->g, &s->b,
+                                                           &s->rm, &s->rv, &s->y);
+        return nk_batchnorm_add_relu_backward(c, &p, &s->x, &s->dy, &s->g, &s->sm, &s->si, &s->y,
+                                              &s->dx, &s->dz, &s->dg, &s->db, s->ws, s->ws_size);
     }
     case OP_GN: {
         nk_groupnorm_params p;
@@ -255,7 +319,8 @@ nk_status bench_run_op(bench_state *s) {
 static nk_status workspace_size(const bench_state *s, size_t *bytes) {
     const bench_opts *o = &s->o;
     switch (o->op) {
-    case OP_BN: return nk_batchnorm_workspace_size(&s->x, bytes);
+    case OP_BN:
+    case OP_BNAR: return nk_batchnorm_workspace_size(&s->x, bytes);
     case OP_GN: {
         nk_groupnorm_params p;
         nk_groupnorm_params_default(&p, o->groups);
@@ -296,7 +361,7 @@ int bench_setup(bench_state *s, const bench_opts *o, char *err, size_t errlen) {
     s->numel = numel;
     s->C = rowwise ? o->dims[o->ndim - 1] : o->dims[1];
     s->rows = rowwise ? numel / s->C
-              : o->op == OP_BN ? s->C
+              : o->op == OP_BN || o->op == OP_BNAR ? s->C
                                : o->dims[0] * (o->op == OP_GN ? o->groups : s->C);
     const size_t es = nk_dtype_size(o->dt);
     s->bytes = (size_t)numel * es;
@@ -305,15 +370,26 @@ int bench_setup(bench_state *s, const bench_opts *o, char *err, size_t errlen) {
     s->xb = alloc_touched(s->bytes);
     s->yb = alloc_touched(s->bytes);
     s->dyb = bwd ? alloc_touched(s->bytes) : NULL;
-    if (!s->xb || !s->yb || (bwd && !s->dyb)) {
+    /* bn-add-relu: the shortcut z; its backward reads y (the ReLU mask), so dx and dz get
+     * buffers of their own */
+    const int bnar = o->op == OP_BNAR;
+    s->zb = bnar ? alloc_touched(s->bytes) : NULL;
+    s->dxb = bnar && bwd ? alloc_touched(s->bytes) : NULL;
+    s->dzb = bnar && bwd ? alloc_touched(s->bytes) : NULL;
+    if (!s->xb || !s->yb || (bwd && !s->dyb) || (bnar && !s->zb) ||
+        (bnar && bwd && (!s->dxb || !s->dzb))) {
         snprintf(err, errlen, "cannot allocate %zu bytes per tensor", s->bytes);
         return 1;
     }
     fill(s->xb, o->dt, numel, 1, 4.0, 1.0);
     if (bwd) fill(s->dyb, o->dt, numel, 2, 2.0, 0.0);
+    if (bnar) fill(s->zb, o->dt, numel, 7, 2.0, 0.0); /* y > 0 for about half the values */
     nk_status st;
     if ((st = make_tensor(o, s->xb, &s->x)) || (st = make_tensor(o, s->yb, &s->y)) ||
-        (bwd && ((st = make_tensor(o, s->dyb, &s->dy)) || (st = make_tensor(o, s->yb, &s->dx))))) {
+        (bwd && ((st = make_tensor(o, s->dyb, &s->dy)) ||
+                 (st = make_tensor(o, bnar ? s->dxb : s->yb, &s->dx)))) ||
+        (bnar && (st = make_tensor(o, s->zb, &s->z))) ||
+        (bnar && bwd && (st = make_tensor(o, s->dzb, &s->dz)))) {
         snprintf(err, errlen, "bad shape (%s)", nk_status_str(st));
         return 1;
     }
@@ -366,6 +442,9 @@ void bench_teardown(bench_state *s) {
     free(s->xb);
     free(s->yb);
     free(s->dyb);
+    free(s->zb);
+    free(s->dxb);
+    free(s->dzb);
     memset(s, 0, sizeof *s);
 }
 
@@ -379,7 +458,6 @@ static int bench_run(const bench_opts *o, int reps) {
         bench_teardown(&s);
         return 1;
     }
-    const int bwd = o->pass == PASS_BWD;
     double *top = malloc(sizeof(double) * (size_t)reps);
     double *tbase = malloc(sizeof(double) * (size_t)reps);
     if (!top || !tbase) {
@@ -412,6 +490,7 @@ static int bench_run(const bench_opts *o, int reps) {
         qsort(tbase, (size_t)reps, sizeof *tbase, cmp_double);
         const double mop = top[reps / 2], mbase = tbase[reps / 2];
         const int rowwise = o->op == OP_LN || o->op == OP_RMS;
+        const char *base = bench_baseline_name(&s);
         char shape[128];
         size_t k = 0;
         for (int i = 0; i < o->ndim && k < sizeof shape; i++)
@@ -420,11 +499,10 @@ static int bench_run(const bench_opts *o, int reps) {
                BENCH_PASS_NAMES[o->pass], shape, rowwise ? "rows" : o->nhwc ? "nhwc" : "nchw",
                o->dt == NK_F32 ? "float32" : "float64", o->threads, nk_ctx_kernels(s.ctx), reps);
         printf("  op      median %10.1f us  min %10.1f us  %7.2f GB/s  (%s, %.3f MB)\n", 1e6 * mop,
-               1e6 * top[0], moved / mop * 1e-9, bwd ? "read x, dy, write dx" : "read x, write y",
-               moved * 1e-6);
-        printf("  %-6s  median %10.1f us  min %10.1f us  %7.2f GB/s\n", bwd ? "add" : "copy",
-               1e6 * mbase, 1e6 * tbase[0], moved / mbase * 1e-9);
-        printf("  ratio op / %s (medians) %.2f\n", bwd ? "add" : "copy", mop / mbase);
+               1e6 * top[0], moved / mop * 1e-9, bench_traffic(&s), moved * 1e-6);
+        printf("  %-6s  median %10.1f us  min %10.1f us  %7.2f GB/s\n", base, 1e6 * mbase,
+               1e6 * tbase[0], moved / mbase * 1e-9);
+        printf("  ratio op / %s (medians) %.2f\n", base, mop / mbase);
     }
     free(top);
     free(tbase);

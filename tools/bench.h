@@ -9,12 +9,13 @@
 
 #include "normkit.h"
 
-typedef enum { OP_BN, OP_LN, OP_GN, OP_IN, OP_RMS } bench_op;
+/* OP_BNAR: batch norm fused with a residual add and ReLU (nk_batchnorm_add_relu_*) */
+typedef enum { OP_BN, OP_LN, OP_GN, OP_IN, OP_RMS, OP_BNAR } bench_op;
 typedef enum { PASS_TRAIN, PASS_INFER, PASS_BWD } bench_pass;
 
-#define BENCH_NUM_OPS 5
+#define BENCH_NUM_OPS 6
 #define BENCH_NUM_PASSES 3
-extern const char *const BENCH_OP_NAMES[BENCH_NUM_OPS];     /* bn ln gn in rms */
+extern const char *const BENCH_OP_NAMES[BENCH_NUM_OPS];     /* bn ln gn in rms bn-add-relu */
 extern const char *const BENCH_PASS_NAMES[BENCH_NUM_PASSES]; /* fwd-train fwd-infer bwd */
 
 typedef struct {
@@ -34,7 +35,8 @@ typedef struct {
     int64_t numel;
     size_t bytes; /* of one data tensor */
     void *xb, *yb, *dyb;
-    nk_tensor x, y, dy, dx;
+    void *zb, *dxb, *dzb; /* bn-add-relu: z; backward dx and dz (y is its input, the mask) */
+    nk_tensor x, y, dy, dx, z, dz;
     int64_t C, rows; /* per-parameter length; rows of the saved statistics */
     void *vecs[8];   /* gamma beta rmean rvar smean sinv dgamma dbeta */
     nk_tensor g, b, rm, rv, sm, si, dg, db;
@@ -56,12 +58,18 @@ int bench_check(bench_opts *o, char *err, size_t errlen);
  * reason into err and leaves s safe to pass to bench_teardown. */
 int bench_setup(bench_state *s, const bench_opts *o, char *err, size_t errlen);
 nk_status bench_run_op(bench_state *s);
-/* The same-size memory pass: y = x (forward) or dx = x + dy (backward), on o.threads threads. */
+/* The same-size memory pass with the op's unavoidable traffic, on o.threads threads: y = x
+ * (forward), dx = x + dy (backward); bn-add-relu: y = x + z (forward), dx = x + dy and
+ * dz = y + dy in one pass (backward). */
 void bench_baseline(bench_state *s);
+/* "copy", "add" or "add2": the name of that pass. */
+const char *bench_baseline_name(const bench_state *s);
 void bench_teardown(bench_state *s);
 
-/* Bytes the op must move: forward x + y, backward x + dy + dx. */
+/* Bytes the op must move: forward x + y, backward x + dy + dx; bn-add-relu forward x + z + y,
+ * backward x + y + dy + dx + dz (bench_traffic names them). */
 double bench_bytes_moved(const bench_state *s);
+const char *bench_traffic(const bench_state *s);
 double bench_now(void);
 
 /* `normkit bench --serve`: the line protocol on stdin/stdout (see bench_serve.c). */

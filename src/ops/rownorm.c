@@ -1,10 +1,13 @@
 /* The row-normalization engine: validation, workspace, and the forward/backward passes shared
  * by layer norm, RMS norm, MVN and weight standardization (formulas in ops/rownorm.h).
  *
- * Work decomposition (fixed by R rows and K values per row, never by the thread count):
- *  - forward, K <= NK_BLOCK_ELEMS: a task is a group of whole rows (about NK_BLOCK_ELEMS
- *    values); each row's statistics come from the moments kernel over the whole row, then the
- *    row is normalized while it is still in L1.
+ * Work decomposition (every sum fixed by R rows and K values per row, never by the thread
+ * count):
+ *  - forward, K <= NK_BLOCK_ELEMS: each thread takes an equal share of whole rows (a row's
+ *    results depend on no other row, and the row kernels give a row the same bits whether
+ *    they take it alone or paired, so the split may follow the thread count: balanced shares,
+ *    one call of the kernels per pair of rows, no task tail); per row, the statistics from the
+ *    moments kernel over the whole row, then the row normalized while it is still in L1.
  *  - forward, K > NK_BLOCK_ELEMS: a task is one block of one row; row statistics come from
  *    nk_moments_blocks (blocks merged in block order).
  *  - dgamma / dbeta are column sums across rows: rows are split into at most RN_ROW_BLOCKS_MAX
@@ -144,8 +147,7 @@ static nk_status check_affine(nk_ctx *ctx, const nk_rn_spec *s, const nk_tensor 
 typedef struct rn_plan {
     int64_t R, K;
     int64_t nb;          /* blocks per row (1: whole rows per task) */
-    int64_t rows_per_task;
-    int64_t row_tasks;   /* forward / dx tasks */
+    int64_t row_tasks;   /* nb > 1: forward (row, block) tasks */
     int64_t rb_rows;     /* rows per row block (column sums) */
     int64_t RB;          /* row blocks */
 } rn_plan;
@@ -157,10 +159,8 @@ static rn_plan make_plan(int64_t R, int64_t K) {
     p.nb = nk_num_blocks(K);
     if (p.nb <= 1) {
         p.nb = 1;
-        p.rows_per_task = K > 0 && K < NK_BLOCK_ELEMS ? NK_BLOCK_ELEMS / K : 1;
-        p.row_tasks = R == 0 ? 0 : (R + p.rows_per_task - 1) / p.rows_per_task;
+        p.row_tasks = 0; /* whole rows: shares per thread (nk_rn_forward) */
     } else {
-        p.rows_per_task = 1;
         p.row_tasks = R * p.nb; /* (row, block) tasks; validated sizes: R * nb <= numel */
     }
     p.rb_rows = (R + RN_ROW_BLOCKS_MAX - 1) / RN_ROW_BLOCKS_MAX;
@@ -213,6 +213,61 @@ size_t nk_rn_workspace_size(const nk_rn_spec *s, const nk_tensor *x) {
     return make_layout(&p).total * sizeof(double) + NK_WS_SLACK;
 }
 
+/* ---- per-row and per-position vectors ---------------------------------------------------- */
+
+/* A tensor read or written as a vector of its elements in row-major order (gamma, beta, the
+ * saved statistics): base + i * st when they are evenly spaced in memory (every common shape),
+ * so the per-row loops need neither nk_rows_load's odometer nor its divisions; else (NULL
+ * base) through nk_rows_load / nk_rows_store. */
+typedef struct rn_vec {
+    const nk_tensor *t; /* NULL: no tensor (an optional output not wanted) */
+    char *base;
+    int64_t st;
+} rn_vec;
+
+static rn_vec vec_of(const nk_tensor *t) {
+    rn_vec v = {t, NULL, 1};
+    if (!t) return v;
+    int64_t st = 1, next = 0;
+    int have = 0;
+    for (int k = t->ndim - 1; k >= 0; k--) { /* size-1 axes take no step */
+        if (t->dims[k] == 1) continue;
+        if (have && t->strides[k] != next) return v;
+        if (!have) st = t->strides[k];
+        next = (have ? next : st) * t->dims[k];
+        have = 1;
+    }
+    v.base = t->data;
+    v.st = st;
+    return v;
+}
+
+static void vec_load(const rn_vec *v, int64_t i0, int64_t n, double *dst) {
+    if (!v->t) return;
+    if (!v->base) {
+        nk_rows_load(v->t, i0, n, dst);
+    } else if (v->t->dtype == NK_F32) {
+        const float *p = (const float *)(const void *)v->base + i0 * v->st;
+        for (int64_t i = 0; i < n; i++) dst[i] = (double)p[i * v->st];
+    } else {
+        const double *p = (const double *)(const void *)v->base + i0 * v->st;
+        for (int64_t i = 0; i < n; i++) dst[i] = p[i * v->st];
+    }
+}
+
+static void vec_store(const rn_vec *v, int64_t i0, int64_t n, const double *src) {
+    if (!v->t) return;
+    if (!v->base) {
+        nk_rows_store((nk_tensor *)v->t, i0, n, src);
+    } else if (v->t->dtype == NK_F32) {
+        float *p = (float *)(void *)v->base + i0 * v->st;
+        for (int64_t i = 0; i < n; i++) p[i * v->st] = (float)src[i];
+    } else {
+        double *p = (double *)(void *)v->base + i0 * v->st;
+        for (int64_t i = 0; i < n; i++) p[i * v->st] = src[i];
+    }
+}
+
 /* ---- per-row statistics and coefficients ------------------------------------------------- */
 
 /* From the row's moments: c, a and the two saved statistics. */
@@ -239,13 +294,25 @@ static void row_stats(const nk_rn_spec *s, double mean, double m2, int64_t K, do
     }
 }
 
+/* Forward, whole rows: c, a and the saved statistics of the group of rows from r (at most
+ * RN_FWD_GROUP, ending before r1), the group's moments in one kernel call. */
+static void fwd_group_stats(const nk_rn_spec *s, const nk_row_kernels *rk, const nk_cview *v,
+                            const void *x, int64_t r, int64_t r1, int64_t K, double *c,
+                            double *a, double *s0, double *s1) {
+    const int64_t m = r + RN_FWD_GROUP < r1 ? RN_FWD_GROUP : r1 - r;
+    double mean[RN_FWD_GROUP], m2[RN_FWD_GROUP];
+    rk->moments(v, x, r, r + m, 0, K, mean, m2);
+    /* all the group's divisions and square roots together: their latencies overlap */
+    for (int64_t i = 0; i < m; i++) row_stats(s, mean[i], m2[i], K, &c[i], &a[i], &s0[i], &s1[i]);
+}
+
 /* c, a and (MVN) the std of row r from the saved statistics; centers (when not NULL) replaces
  * stat0 by the row means recomputed from x. */
-static void row_saved(const nk_rn_spec *s, const nk_tensor *stat0, const nk_tensor *stat1,
+static void row_saved(const nk_rn_spec *s, const rn_vec *stat0, const rn_vec *stat1,
                       const double *centers, int64_t r, double *c, double *a, double *sd) {
     double v1, v0 = 0.0;
-    nk_rows_load(stat1, r, 1, &v1);
-    if (s->kind != NK_RN_RMS && !centers) nk_rows_load(stat0, r, 1, &v0);
+    vec_load(stat1, r, 1, &v1);
+    if (s->kind != NK_RN_RMS && !centers) vec_load(stat0, r, 1, &v0);
     *c = s->kind == NK_RN_RMS ? 0.0 : centers ? centers[r] : v0;
     *sd = 0.0;
     if (s->kind == NK_RN_MVN) {
@@ -303,11 +370,13 @@ nk_status nk_rn_forward(nk_ctx *ctx, const nk_rn_spec *s, const nk_tensor *x,
     double *ws = wsv;
     const double *g = NULL, *b = NULL;
     if (s->flags & NK_NORM_USE_SCALE) {
-        nk_rows_load(gamma, 0, K, ws + l.gamma);
+        const rn_vec vg = vec_of(gamma);
+        vec_load(&vg, 0, K, ws + l.gamma);
         g = ws + l.gamma;
     }
     if (s->flags & NK_NORM_USE_SHIFT) {
-        nk_rows_load(beta, 0, K, ws + l.beta);
+        const rn_vec vb = vec_of(beta);
+        vec_load(&vb, 0, K, ws + l.beta);
         b = ws + l.beta;
     }
 
@@ -320,23 +389,21 @@ nk_status nk_rn_forward(nk_ctx *ctx, const nk_rn_spec *s, const nk_tensor *x,
     const void *xd = x->data;
     void *yd = y->data;
 
+    const rn_vec v0 = vec_of(stat0), v1 = vec_of(stat1);
     if (p.nb == 1) {
+        const int64_t per = ((R + nt - 1) / nt + 1) / 2 * 2; /* rows per thread, even */
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-        for (int64_t t = 0; t < p.row_tasks; t++) {
-            const int64_t r0 = t * p.rows_per_task;
-            const int64_t r1 = r0 + p.rows_per_task < R ? r0 + p.rows_per_task : R;
+        for (int64_t t = 0; t < nt; t++) {
+            const int64_t r0 = t * per;
+            const int64_t r1 = r0 + per < R ? r0 + per : R;
             for (int64_t rg = r0; rg < r1; rg += RN_FWD_GROUP) {
                 const int64_t re = rg + RN_FWD_GROUP < r1 ? rg + RN_FWD_GROUP : r1;
-                double mean[RN_FWD_GROUP], m2[RN_FWD_GROUP], s0[RN_FWD_GROUP], s1[RN_FWD_GROUP];
-                double c[RN_FWD_GROUP], a[RN_FWD_GROUP];
-                rk->moments(&v, xd, rg, re, 0, K, mean, m2);
-                /* all the group's divisions and square roots first: their latencies overlap */
-                for (int64_t i = 0; i < re - rg; i++)
-                    row_stats(s, mean[i], m2[i], K, &c[i], &a[i], &s0[i], &s1[i]);
+                double c[RN_FWD_GROUP], a[RN_FWD_GROUP], s0[RN_FWD_GROUP], s1[RN_FWD_GROUP];
+                fwd_group_stats(s, rk, &v, xd, rg, r1, K, c, a, s0, s1);
                 for (int64_t r = rg; r < re; r++)
                     rk->normalize(&v, xd, yd, r, 0, K, c[r - rg], a[r - rg], g, b);
-                nk_rows_store(stat0, rg, re - rg, s0);
-                nk_rows_store(stat1, rg, re - rg, s1);
+                vec_store(&v0, rg, re - rg, s0);
+                vec_store(&v1, rg, re - rg, s1);
             }
             rk->flush();
         }
@@ -354,8 +421,8 @@ nk_status nk_rn_forward(nk_ctx *ctx, const nk_rn_spec *s, const nk_tensor *x,
         row_stats(s, mom[r].mean, mom[r].m2, K, &c, &a, &s0, &s1);
         rk->normalize(&v, xd, yd, r, j0, j1, c, a, g, b);
         if (j0 == 0) {
-            nk_rows_store(stat0, r, 1, &s0);
-            nk_rows_store(stat1, r, 1, &s1);
+            vec_store(&v0, r, 1, &s0);
+            vec_store(&v1, r, 1, &s1);
         }
         rk->flush();
     }
@@ -373,18 +440,31 @@ nk_status nk_rn_forward(nk_ctx *ctx, const nk_rn_spec *s, const nk_tensor *x,
  *    correction is ~1e-3 of the sum at most: no cancellation). No extra pass over x.
  *  - rows of several blocks: the means are recomputed by nk_moments_blocks, as the forward. */
 
-/* Adds the row blocks' column partials in block order into ws[colsum] (dgamma, dbeta). */
-static void merge_columns(const rn_plan *p, const rn_layout *l, double *ws) {
-    const int64_t K = p->K;
+/* Adds the row blocks' column partials in block order into ws[colsum] (dgamma, dbeta):
+ *     sum[j] = ((0 + part_0[j]) + part_1[j]) + ... + part_{RB-1}[j]
+ * Columns are taken RN_MERGE_COLS at a time with their running sums in registers (one read
+ * of each partial, one store per sum, instead of a load and a store of the sum per block),
+ * and the column chunks are split over the threads: each sum keeps its order. */
+#define RN_MERGE_COLS 8
+static void merge_columns(const nk_ctx *ctx, const rn_plan *p, const rn_layout *l, double *ws) {
+    const int64_t K = p->K, RB = p->RB, n2 = 2 * K; /* dgamma's K sums then dbeta's */
     const double *colp = ws + l->colp;
-    double *sg = ws + l->colsum, *sb = sg + K;
-    for (int64_t j = 0; j < K; j++) sg[j] = sb[j] = 0.0;
-    for (int64_t rb = 0; rb < p->RB; rb++) { /* fixed order: block 0, 1, ... */
-        const double *pg = colp + rb * 2 * K, *pb = pg + K;
-        for (int64_t j = 0; j < K; j++) {
-            sg[j] += pg[j];
-            sb[j] += pb[j];
+    double *sum = ws + l->colsum;
+    const int64_t chunks = (n2 + RN_MERGE_COLS - 1) / RN_MERGE_COLS;
+    const int nt = nk_threads_for(ctx, RB * n2);
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+    for (int64_t q = 0; q < chunks; q++) {
+        const int64_t j0 = q * RN_MERGE_COLS;
+        const int64_t m = n2 - j0 < RN_MERGE_COLS ? n2 - j0 : RN_MERGE_COLS;
+        double acc[RN_MERGE_COLS] = {0};
+        for (int64_t rb = 0; rb < RB; rb++) { /* fixed order: block 0, 1, ... */
+            const double *pp = colp + rb * n2 + j0;
+            if (m == RN_MERGE_COLS)
+                for (int i = 0; i < RN_MERGE_COLS; i++) acc[i] += pp[i];
+            else
+                for (int64_t i = 0; i < m; i++) acc[i] += pp[i];
         }
+        for (int64_t i = 0; i < m; i++) sum[j0 + i] = acc[i];
     }
 }
 
@@ -395,10 +475,8 @@ static void block_partials(const rn_plan *p, const rn_layout *l, double *ws, int
     double *base = ws + l->colp + rb * 2 * p->K;
     *pg = want_g ? base : NULL;
     *pb = want_b ? base + p->K : NULL;
-    for (int64_t j = j0; j < j1; j++) {
-        if (*pg) (*pg)[j] = 0.0;
-        if (*pb) (*pb)[j] = 0.0;
-    }
+    if (*pg) memset(*pg + j0, 0, (size_t)(j1 - j0) * sizeof(double));
+    if (*pb) memset(*pb + j0, 0, (size_t)(j1 - j0) * sizeof(double));
 }
 
 typedef struct rn_bwd {
@@ -411,7 +489,7 @@ typedef struct rn_bwd {
     int recenter;            /* re-center on the row means (float32 saved means) */
     const void *x, *dy;
     void *dx;                /* NULL: no dx */
-    const nk_tensor *stat0, *stat1;
+    rn_vec stat0, stat1;
     const double *g;         /* staged gamma or NULL */
     int want_g, want_b;
 } rn_bwd;
@@ -433,7 +511,7 @@ static void bwd_whole_rows(const nk_ctx *ctx, const rn_bwd *b) {
             double c[RN_BWD_GROUP], a[RN_BWD_GROUP], sd[RN_BWD_GROUP];
             double ka[RN_BWD_GROUP] = {0}, kx[RN_BWD_GROUP] = {0}, k0[RN_BWD_GROUP] = {0};
             for (int64_t i = 0; i < m; i++)
-                row_saved(b->s, b->stat0, b->stat1, NULL, rg + i, &c[i], &a[i], &sd[i]);
+                row_saved(b->s, &b->stat0, &b->stat1, NULL, rg + i, &c[i], &a[i], &sd[i]);
             if (b->dx || b->recenter) {
                 double sh[RN_BWD_GROUP], shd[RN_BWD_GROUP], sdx[RN_BWD_GROUP];
                 b->rk->bwd_reduce(b->v, b->x, b->dy, rg, rg + m, 0, K, c, b->g, sh, shd,
@@ -468,14 +546,14 @@ static void bwd_blocked_rows(const nk_ctx *ctx, const rn_bwd *b, const double *c
             const int64_t r = t / nb, j0 = (t % nb) * NK_BLOCK_ELEMS;
             const int64_t j1 = j0 + NK_BLOCK_ELEMS < K ? j0 + NK_BLOCK_ELEMS : K;
             double c, a, sd;
-            row_saved(b->s, b->stat0, b->stat1, centers, r, &c, &a, &sd);
+            row_saved(b->s, &b->stat0, &b->stat1, centers, r, &c, &a, &sd);
             b->rk->bwd_reduce(b->v, b->x, b->dy, r, r + 1, j0, j1, &c, b->g, &part[2 * t],
                               &part[2 * t + 1], NULL);
         }
     }
     for (int64_t r = 0; r < R; r++) { /* c, a, ka, kx, k0; block partials added in order */
         double sd, *k = coef + RN_COEFS * r;
-        row_saved(b->s, b->stat0, b->stat1, centers, r, &k[0], &k[1], &sd);
+        row_saved(b->s, &b->stat0, &b->stat1, centers, r, &k[0], &k[1], &sd);
         k[2] = k[3] = k[4] = 0.0;
         if (!b->dx) continue;
         double sh = 0.0, shd = 0.0;
@@ -537,7 +615,8 @@ nk_status nk_rn_backward(nk_ctx *ctx, const nk_rn_spec *s, const nk_tensor *x,
     }
     const double *g = NULL;
     if (s->flags & NK_NORM_USE_SCALE) {
-        nk_rows_load(gamma, 0, K, ws + l.gamma);
+        const rn_vec vg = vec_of(gamma);
+        vec_load(&vg, 0, K, ws + l.gamma);
         g = ws + l.gamma;
     }
     const nk_tensor *ts[3] = {x, dy, dx ? dx : dy};
@@ -546,7 +625,7 @@ nk_status nk_rn_backward(nk_ctx *ctx, const nk_rn_spec *s, const nk_tensor *x,
     const nk_row_kernels *rk = nk_row_kernels_for(ctx, x->dtype);
     const int recenter = s->kind != NK_RN_RMS && stat0->dtype == NK_F32;
     const rn_bwd b = {s, &p, &l, ws, &v, rk, recenter,
-                      x->data, dy->data, dx ? dx->data : NULL, stat0, stat1, g,
+                      x->data, dy->data, dx ? dx->data : NULL, vec_of(stat0), vec_of(stat1), g,
                       dgamma != NULL, dbeta != NULL};
     if (p.nb == 1) {
         bwd_whole_rows(ctx, &b);
@@ -562,9 +641,10 @@ nk_status nk_rn_backward(nk_ctx *ctx, const nk_rn_spec *s, const nk_tensor *x,
         bwd_blocked_rows(ctx, &b, centers);
     }
     if (dgamma || dbeta) {
-        merge_columns(&p, &l, ws);
-        nk_rows_store(dgamma, 0, K, ws + l.colsum);
-        nk_rows_store(dbeta, 0, K, ws + l.colsum + K);
+        merge_columns(ctx, &p, &l, ws);
+        const rn_vec vg = vec_of(dgamma), vb = vec_of(dbeta);
+        vec_store(&vg, 0, K, ws + l.colsum);
+        vec_store(&vb, 0, K, ws + l.colsum + K);
     }
     return NK_OK;
 }

@@ -582,6 +582,10 @@ static void test_threads_bitwise(void **state) {
         {2, {6, 20000}, -1, RNT_CONTIG, 0},   /* long rows: 3 blocks per row */
         {3, {40, 50, 100}, -1, RNT_PADDED, 0},/* 2000 rows: many row tasks and row blocks */
         {4, {4, 16, 30, 40}, 0, RNT_CHLAST, 1}, /* channels variant, 4800 rows of 16 */
+        /* plain matrix rows (the optimized kernels' pair paths; the forward splits them into
+         * one share per thread): an odd row count, so some share ends on an unpaired row,
+         * and rows of 300 = 18 chunks of 16 + 12 */
+        {2, {2001, 300}, -1, RNT_CONTIG, 0},
     };
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         size_t b1, bn;
