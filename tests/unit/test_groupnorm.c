@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "core/internal.h" /* NK_BLOCK_ELEMS, NK_PARALLEL_MIN_ELEMS: shapes below span them */
+#include "kernels/kernels.h" /* NK_STREAM_MIN_BYTES */
 #include "support/gn_test.h"
 
 typedef struct shape {
@@ -361,6 +362,90 @@ static void test_threads_and_layouts_bitwise(void **state) {
     }
 }
 
+/* ---- streaming stores ----------------------------------------------------------------------- */
+
+/* Sample n of t (a view of dims[0] = 1 into t's buffer); per: values per sample of a flat
+ * statistics tensor (0: t holds data tensors, sliced by strides[0]). */
+static nk_tensor sample_of(const nk_tensor *t, int64_t n, int64_t per) {
+    nk_tensor s = *t;
+    const int64_t off = per ? n * per : n * t->strides[0];
+    s.data = (char *)t->data + off * (int64_t)nk_dtype_size(t->dtype);
+    s.dims[0] = per ? per : 1;
+    return s;
+}
+
+/* Tensors of at least NK_STREAM_MIN_BYTES write their element-wise outputs with streaming
+ * stores (the span kernels' stream argument, the rows kernels' own choice), which must not
+ * change the bits. Group norm is per sample, so each sample alone (below the threshold, regular
+ * stores) must give the same y, statistics and dx bitwise; dgamma and dbeta are the sums over
+ * the samples in sample order (exact in float64 from the per-sample sums: 0 + a is a).
+ * float32 4 x 64 x 127 x 261 (33.9 MB > 32 MiB; 8.5 MB per sample): S = 33147 is odd, so NCHW
+ * instances start unaligned (the streaming stores' scalar head and tail); NCHW takes fused
+ * span units; NHWC the fused rows units on 1 thread (streaming through the rows kernels) and
+ * the separate passes on 2 (units of 2 x 8.5 MB exceed the fusing cache share); the samples
+ * alone take the fused units with regular stores. */
+static void test_streaming_stores(void **state) {
+    (void)state;
+    const int64_t dims[4] = {4, 64, 127, 261}, N = dims[0], C = dims[1], G = 32;
+    nk_groupnorm_params p;
+    params(&p, G, 1e-5, NK_NORM_USE_SCALE | NK_NORM_USE_SHIFT);
+    for (int lay = NKT_CONTIG; lay <= NKT_CHLAST; lay++) {
+        nkt_rng r = nkt_rng_make(41);
+        gnt_fix f;
+        gnt_init(&f, &r, 4, dims, G, NK_F32, NK_F64, NK_F64, (nkt_layout)lay, GNT_STAT_FLAT);
+        const int64_t n = f.g.numel;
+        assert_true(n * 4 >= NK_STREAM_MIN_BYTES && n / N * 4 < NK_STREAM_MIN_BYTES);
+        outputs ref = {0};
+        for (int t = 1; t <= 2; t++) {
+            char extra[64];
+            snprintf(extra, sizeof extra, "streaming stores, threads %d", t);
+            describe(&f, &p, extra);
+            nk_ctx *ctx = nkt_ctx(t);
+            NKT_OK(ctx, forward(ctx, &p, &f));
+            NKT_OK(ctx, backward(ctx, &p, &f));
+            outputs o = {gnt_read(&f.y), gnt_read(&f.smean), gnt_read(&f.sinv), gnt_read(&f.dx),
+                         gnt_read(&f.dgamma), gnt_read(&f.dbeta)};
+            /* each sample alone, written over the same buffers (the same values again) */
+            double *dg = nkt_malloc((size_t)C * sizeof(double)), *db = nkt_malloc((size_t)C * sizeof(double));
+            for (int64_t c = 0; c < C; c++) dg[c] = db[c] = 0.0;
+            for (int64_t s = 0; s < N; s++) {
+                const nk_tensor x = sample_of(&f.x.t, s, 0), dy = sample_of(&f.dy.t, s, 0);
+                nk_tensor sm = sample_of(&f.smean.t, s, G), si = sample_of(&f.sinv.t, s, G);
+                nk_tensor y = sample_of(&f.y.t, s, 0), dx = sample_of(&f.dx.t, s, 0);
+                NKT_OK(ctx, nk_groupnorm_forward(ctx, &p, &x, &f.gamma.t, &f.beta.t, &y, &sm, &si,
+                                                 NULL, 0));
+                NKT_OK(ctx, nk_groupnorm_backward(ctx, &p, &x, &dy, &f.gamma.t, &sm, &si, &dx,
+                                                  &f.dgamma.t, &f.dbeta.t, NULL, 0));
+                double *a = gnt_read(&f.dgamma), *b = gnt_read(&f.dbeta);
+                for (int64_t c = 0; c < C; c++) dg[c] += a[c], db[c] += b[c];
+                free(a), free(b);
+            }
+            outputs q = {gnt_read(&f.y), gnt_read(&f.smean), gnt_read(&f.sinv), gnt_read(&f.dx),
+                         dg, db};
+            NKT_SAME_BYTES("y streamed vs per sample", o.y, q.y, (size_t)n * sizeof(double));
+            NKT_SAME_BYTES("save_mean", o.sm, q.sm, (size_t)N * G * sizeof(double));
+            NKT_SAME_BYTES("save_invstd", o.si, q.si, (size_t)N * G * sizeof(double));
+            NKT_SAME_BYTES("dx streamed vs per sample", o.dx, q.dx, (size_t)n * sizeof(double));
+            NKT_SAME_BYTES("dgamma", o.dg, q.dg, (size_t)C * sizeof(double));
+            NKT_SAME_BYTES("dbeta", o.db, q.db, (size_t)C * sizeof(double));
+            NKT_GAPS_UNTOUCHED(&f.y);
+            NKT_GAPS_UNTOUCHED(&f.dx);
+            free_outputs(&q);
+            if (t == 1) {
+                ref = o;
+            } else { /* and the thread counts agree */
+                NKT_SAME_BYTES("y 2 threads", o.y, ref.y, (size_t)n * sizeof(double));
+                NKT_SAME_BYTES("dx 2 threads", o.dx, ref.dx, (size_t)n * sizeof(double));
+                NKT_SAME_BYTES("dgamma 2 threads", o.dg, ref.dg, (size_t)C * sizeof(double));
+                free_outputs(&o);
+            }
+            nk_ctx_destroy(ctx);
+        }
+        free_outputs(&ref);
+        gnt_free(&f);
+    }
+}
+
 /* ---- in place and workspace --------------------------------------------------------------- */
 
 static void test_in_place(void **state) {
@@ -673,6 +758,7 @@ int main(void) {
         cmocka_unit_test(test_backward_badly_scaled),
         cmocka_unit_test(test_gradcheck),
         cmocka_unit_test(test_threads_and_layouts_bitwise),
+        cmocka_unit_test(test_streaming_stores),
         cmocka_unit_test(test_in_place),
         cmocka_unit_test(test_workspace),
         cmocka_unit_test(test_bad_input),
