@@ -54,13 +54,16 @@ typedef struct nk_gn_kernels {
     /* the element-wise passes of one sample (rows of C channels, y resp. dx rows ldo apart)
      * with per-channel coefficient arrays of C, as normalize and bwd_apply above; walked a
      * panel of channels at a time down the rows, so that the coefficients stay in registers
-     * (the rows kernels of kernels.h reload them from L1 for every row). Regular stores only:
-     * the caller takes the row-major rows kernels when it streams. */
+     * (the rows kernels of kernels.h reload them from L1 for every row). stream: streaming
+     * stores where the output rows are aligned to a vector (else regular stores; the bits are
+     * the same). The caller asks for them when the op's tensors together exceed the cache
+     * (the fused units of groupnorm_core.c, whose output would otherwise be read for
+     * ownership from memory and evict the next unit's input). */
     void (*rows_normalize)(const void *x, int64_t ld, void *y, int64_t ldo, int64_t S, int64_t C,
-                           const double *mean, const double *a, const double *b);
+                           const double *mean, const double *a, const double *b, int stream);
     void (*rows_bwd_apply)(const void *x, int64_t ld, const void *dy, int64_t ldd, void *dx,
                            int64_t ldo, int64_t S, int64_t C, const double *mean,
-                           const double *kg, const double *kx, const double *k0);
+                           const double *kg, const double *kx, const double *k0, int stream);
 } nk_gn_kernels;
 
 /* The span kernels of the context's instruction set for dtype dt, or NULL when it runs the

@@ -417,17 +417,27 @@ static void SFN(rows_bwd_reduce_)(const void *xv, int64_t ld, const void *dyv, i
 NK_VEC_INLINE vd SFN(cld_)(const double *p, int k, int np, int wl, vmask ml) {
     return k == np - 1 && wl < VW ? vd_maskload_f64(p, ml) : vd_load_f64(p);
 }
-NK_VEC_INLINE void SFN(pst_)(T *p, vd v, int k, int np, int wl, vmask ml) {
+/* st: a streaming store (the caller checked the alignment) but for a partial last vector */
+NK_VEC_INLINE void SFN(pst_)(T *p, vd v, int k, int np, int wl, vmask ml, const int st) {
     if (k == np - 1 && wl < VW)
         MST(p, ml, v);
+    else if (st)
+        SST(p, v);
     else
         ST(p, v);
+}
+
+/* 1 if the output rows (ldo apart from y) can take streaming stores at every vector of a
+ * panel: y and the rows aligned to a vector of T (the panels start at multiples of VW). */
+NK_VEC_INLINE int SFN(can_stream_)(const T *y, int64_t ldo) {
+    const uintptr_t al = (uintptr_t)(VW * sizeof(T));
+    return (uintptr_t)y % al == 0 && ((uintptr_t)ldo * sizeof(T)) % al == 0;
 }
 
 /*     y[c] = (T)fma((double)x[c] - mean[c], a[c], b[c]) */
 NK_VEC_INLINE void SFN(rnorm_panel_)(const T *x, int64_t ld, T *y, int64_t ldo, int64_t s0, int64_t S,
                                      int64_t c0, const int np, const int wl, const double *mean,
-                                     const double *a, const double *b) {
+                                     const double *a, const double *b, const int st) {
     const vmask ml = vm_range(0, wl);
     vd vm[GN_EP], va[GN_EP], vb[GN_EP];
     NK_UNROLL for (int k = 0; k < GN_EP; k++) {
@@ -440,35 +450,39 @@ NK_VEC_INLINE void SFN(rnorm_panel_)(const T *x, int64_t ld, T *y, int64_t ldo, 
         T *q = y + s * ldo + c0;
         NK_UNROLL for (int k = 0; k < GN_EP; k++) if (k < np) {
             const vd o = vd_fmadd(vd_sub(SFN(pld_)(p + k * VW, k, np, wl, ml), vm[k]), va[k], vb[k]);
-            SFN(pst_)(q + k * VW, o, k, np, wl, ml);
+            SFN(pst_)(q + k * VW, o, k, np, wl, ml, st);
         }
     }
 }
 
 static void SFN(rows_normalize_)(const void *xv, int64_t ld, void *yv, int64_t ldo, int64_t S,
                                  int64_t C, const double *mean, const double *a,
-                                 const double *b) {
+                                 const double *b, int stream) {
     const T *x = xv;
     T *y = yv;
     const int64_t nvec = (C + VW - 1) / VW;
+    const int st = stream && SFN(can_stream_)(y, ldo);
     for (int64_t s0 = 0; s0 < S; s0 += GN_ER) {
         const int64_t s1 = SFN(min_)(s0 + GN_ER, S);
         for (int64_t pv = 0; pv < nvec; pv += GN_EP) {
             const int np = (int)SFN(min_)(nvec - pv, GN_EP);
             const int wl = (int)SFN(min_)(C - (pv + np - 1) * VW, VW);
-            if (np == GN_EP && wl == VW)
-                SFN(rnorm_panel_)(x, ld, y, ldo, s0, s1, pv * VW, GN_EP, VW, mean, a, b);
+            if (np == GN_EP && wl == VW && st)
+                SFN(rnorm_panel_)(x, ld, y, ldo, s0, s1, pv * VW, GN_EP, VW, mean, a, b, 1);
+            else if (np == GN_EP && wl == VW)
+                SFN(rnorm_panel_)(x, ld, y, ldo, s0, s1, pv * VW, GN_EP, VW, mean, a, b, 0);
             else
-                SFN(rnorm_panel_)(x, ld, y, ldo, s0, s1, pv * VW, np, wl, mean, a, b);
+                SFN(rnorm_panel_)(x, ld, y, ldo, s0, s1, pv * VW, np, wl, mean, a, b, st);
         }
     }
+    if (st) vd_stream_fence();
 }
 
 /*     dx[c] = (T)fma(kx[c], (double)x[c] - mean[c], fma(kg[c], (double)dy[c], k0[c])) */
 NK_VEC_INLINE void SFN(rapply_panel_)(const T *x, int64_t ld, const T *dy, int64_t ldd, T *dx,
                                       int64_t ldo, int64_t s0, int64_t S, int64_t c0, const int np,
                                       const int wl, const double *mean, const double *kg,
-                                      const double *kx, const double *k0) {
+                                      const double *kx, const double *k0, const int st) {
     const vmask ml = vm_range(0, wl);
     vd vm[GN_EP], vg[GN_EP], vx[GN_EP], v0[GN_EP];
     NK_UNROLL for (int k = 0; k < GN_EP; k++) {
@@ -483,7 +497,7 @@ NK_VEC_INLINE void SFN(rapply_panel_)(const T *x, int64_t ld, const T *dy, int64
         NK_UNROLL for (int k = 0; k < GN_EP; k++) if (k < np) {
             const vd o = SFN(dx_)(SFN(pld_)(g + k * VW, k, np, wl, ml),
                                   SFN(pld_)(p + k * VW, k, np, wl, ml), vm[k], vg[k], vx[k], v0[k]);
-            SFN(pst_)(q + k * VW, o, k, np, wl, ml);
+            SFN(pst_)(q + k * VW, o, k, np, wl, ml, st);
         }
     }
 }
@@ -491,23 +505,28 @@ NK_VEC_INLINE void SFN(rapply_panel_)(const T *x, int64_t ld, const T *dy, int64
 static void SFN(rows_bwd_apply_)(const void *xv, int64_t ld, const void *dyv, int64_t ldd,
                                  void *dxv, int64_t ldo, int64_t S, int64_t C,
                                  const double *mean, const double *kg, const double *kx,
-                                 const double *k0) {
+                                 const double *k0, int stream) {
     const T *x = xv, *dy = dyv;
     T *dx = dxv;
     const int64_t nvec = (C + VW - 1) / VW;
+    const int st = stream && SFN(can_stream_)(dx, ldo);
     for (int64_t s0 = 0; s0 < S; s0 += GN_ER) {
         const int64_t s1 = SFN(min_)(s0 + GN_ER, S);
         for (int64_t pv = 0; pv < nvec; pv += GN_EP) {
             const int np = (int)SFN(min_)(nvec - pv, GN_EP);
             const int wl = (int)SFN(min_)(C - (pv + np - 1) * VW, VW);
-            if (np == GN_EP && wl == VW)
+            if (np == GN_EP && wl == VW && st)
                 SFN(rapply_panel_)(x, ld, dy, ldd, dx, ldo, s0, s1, pv * VW, GN_EP, VW, mean, kg,
-                                   kx, k0);
+                                   kx, k0, 1);
+            else if (np == GN_EP && wl == VW)
+                SFN(rapply_panel_)(x, ld, dy, ldd, dx, ldo, s0, s1, pv * VW, GN_EP, VW, mean, kg,
+                                   kx, k0, 0);
             else
                 SFN(rapply_panel_)(x, ld, dy, ldd, dx, ldo, s0, s1, pv * VW, np, wl, mean, kg, kx,
-                                   k0);
+                                   k0, st);
         }
     }
+    if (st) vd_stream_fence();
 }
 
 const nk_gn_kernels TABLE = {SFN(moments_),      SFN(normalize_), SFN(bwd_reduce_),
