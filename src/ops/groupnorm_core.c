@@ -129,7 +129,12 @@ static void run_init(gn_run *u, const nk_ctx *ctx, const nk_gn_geom *g, int nts,
  * in cache until it is read): measured at 32x64x56x56 float32 (x 25.7 MB, below the
  * threshold alone) on 1 thread, regular stores read every output line for ownership from
  * memory; streamed, forward NHWC 1.75 -> 1.29 ms, NCHW 1.65 -> 1.43 ms, backward NHWC
- * 3.85 -> 3.43 ms, NCHW 2.6 -> 2.0 ms. */
+ * 3.85 -> 3.43 ms, NCHW 2.6 -> 2.0 ms. Tried and dropped: prefetching sample n + 1 into L2
+ * (one prefetch per line, 16 rows at a time) during sample n's rows_normalize, so that its
+ * moments pass would not wait on memory: no gain with regular stores, and with streaming
+ * stores 1.5 -> 2.4 ms (the chunked calls fence every 16 rows). Taking the span kernels'
+ * rows passes (streaming) instead of the rows kernels of kernels.h for tensors over the
+ * threshold alone: forward no better, backward at 16x256x56x56 NHWC 7.4 -> 8.2 ms. */
 static inline int fused_stream(const gn_run *u, int64_t tensors) {
     return u->bytes * tensors >= NK_STREAM_MIN_BYTES;
 }
