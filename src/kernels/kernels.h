@@ -58,6 +58,11 @@ typedef struct nk_bn_kernels {
     void (*bwd_apply)(const nk_cview *v, const void *x, const void *dy, const void *ymask,
                       void *dx, int64_t c, int64_t r0, int64_t r1, double mean, double kg,
                       double kx, double k0);
+    /* moments of the blocks [b0, b1) of channel c (block b: values [b NK_BLOCK_ELEMS, ...)):
+     * out[2 (b - b0)], out[2 (b - b0) + 1] = the mean, m2 of `moments` over block b, bit for
+     * bit (the optimized kernels may walk several blocks at once, for channels in cache) */
+    void (*chan_moments)(const nk_cview *v, const void *x, int64_t c, int64_t b0, int64_t b1,
+                         double *out);
     /* ---- runs (nk_view_runs: NCHW and its padded relatives): the same four over the values
      * [r0, r1) of channels [c0, c1), with the signatures of the rows functions (per-channel
      * arrays point at channel c0's entry). Walked run-major, channels inside (contiguous NCHW

@@ -410,17 +410,12 @@ static nk_status forward_train(nk_ctx *ctx, const char *op, const nk_batchnorm_p
     } else if (fuse_channels(&v, x->dtype, 1, nt)) {
         const int64_t nb = nk_num_blocks(M);
         NK_FOR_TASKS(nt, c, C, {
-            double *pc = blocks + 2 * c * nb;
-            for (int64_t bk = 0; bk < nb; bk++) {
-                const int64_t r0 = bk * NK_BLOCK_ELEMS;
-                f.k->moments(&v, x->data, c, r0, block_end(r0, M), &pc[2 * bk], &pc[2 * bk + 1]);
-            }
+            /* the blocks' moments (two at a time: bn_simd_impl.h, chan_moments), merged */
+            f.k->chan_moments(&v, x->data, c, 0, nb, blocks + 2 * c * nb);
             mom[c] = nk_moments_merge_blocks(blocks, c, M);
             channel_coeffs(&mom[c], M, p->eps, g[c], &mean[c], &var[c], &invstd[c], &a[c]);
-            for (int64_t bk = 0; bk < nb; bk++) {
-                const int64_t r0 = bk * NK_BLOCK_ELEMS;
-                normalize_block(&f, c, r0, block_end(r0, M), mean[c], a[c], b[c]);
-            }
+            /* element-wise: the whole channel in one call (walkers set up once, not per block) */
+            normalize_block(&f, c, 0, M, mean[c], a[c], b[c]);
         });
     } else {
         moments_all(nt, f.k, &v, x->data, blocks, mom);
@@ -698,10 +693,9 @@ static nk_status backward_common(nk_ctx *ctx, const char *op, const nk_batchnorm
                 sgx[c] = pc[1];
             }
             bwd_coeffs(c, M, batch_stats, g, invstd, sg, sgx, kg, kx, k0);
-            for (int64_t bk = 0; bk < nb; bk++) {
-                const int64_t r0 = bk * NK_BLOCK_ELEMS;
-                apply_block(&w, c, r0, block_end(r0, M), mu[c], kg[c], kx[c], k0[c]);
-            }
+            /* element-wise: the whole channel in one call, as in forward_train (16x256x56x56
+             * float32, 1 thread: 1.51 -> 1.41 times an add) */
+            apply_block(&w, c, 0, M, mu[c], kg[c], kx[c], k0[c]);
         });
     } else {
         if (need_sums) {

@@ -548,6 +548,62 @@ static void test_bn_runs_kernels(void **state) {
             }
 }
 
+/* chan_moments (blocks [b0, b1) of one channel, side by side in the optimized kernels) must
+ * give each block the bits of moments over it: runs long enough for the paired walk (f32 runs
+ * of 600 and 3136 values, runs whose length is not a multiple of 16, so that the two blocks'
+ * pieces start at different lane phases), short runs (block by block), padded strides, an
+ * unaligned pointer, an odd block count and ranges that start at an odd block. */
+static void test_bn_chan_moments(void **state) {
+    (void)state;
+    static const rk_shape shapes[] = {
+        {40, 2, 600, 0, 0},  /* 3 blocks, runs of 2400 bytes in f32 */
+        {9, 2, 3136, 7, 3},  /* 56x56, padded: 3.4 blocks */
+        {30, 3, 1001, 0, 1}, /* odd runs: pieces at every phase */
+        {20, 2, 49, 2, 0},   /* 7x7: short runs */
+        {1, 2, 40000, 0, 0}, /* one run: 4.9 blocks */
+    };
+    uint64_t salt = 9700;
+    for (int isa = NK_ISA_REF; isa <= (int)nk_isa_supported(); isa++)
+        for (int dt = NK_F32; dt <= NK_F64; dt++)
+            for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++, salt++) {
+                const rk_shape *sh = &shapes[si];
+                const nk_bn_kernels *k = nk_bn_kernels_isa((nk_isa)isa, (nk_dtype)dt);
+                const size_t es = nk_dtype_size((nk_dtype)dt);
+                const int64_t sc = sh->HW + sh->pad_c, sn = sh->C * sc + sh->pad_n;
+                const int64_t span = sh->N * sn + 1, M = sh->N * sh->HW, nb = nk_num_blocks(M);
+                const int64_t dims[3] = {sh->N, sh->C, sh->HW}, st[3] = {sn, sc, 1};
+                char *buf = nkt_malloc((size_t)span * es);
+                nkt_rng r = nkt_rng_make(salt);
+                rk_fill(&r, (nk_dtype)dt, buf, span, 3.0, 2.0);
+                nk_tensor t;
+                const nk_tensor *ts[2] = {&t, &t};
+                assert_int_equal(nk_tensor_strided(&t, buf + es, (nk_dtype)dt, 3, dims, st), NK_OK);
+                nk_cview v;
+                nk_cview_init(&v, 2, ts);
+                for (int64_t c = 0; c < sh->C; c++)
+                    for (int64_t b0 = 0; b0 < 2 && b0 < nb; b0++) {
+                        double out[2 * 8];
+                        assert_true(nb - b0 <= 8);
+                        nkt_case("chan_moments vs moments: %s %s N %lld C %lld HW %lld, channel %lld, blocks [%lld, %lld)",
+                                 nk_isa_name((nk_isa)isa), nkt_dtype_name((nk_dtype)dt),
+                                 (long long)sh->N, (long long)sh->C, (long long)sh->HW,
+                                 (long long)c, (long long)b0, (long long)nb);
+                        k->chan_moments(&v, buf + es, c, b0, nb, out);
+                        for (int64_t b = b0; b < nb; b++) {
+                            const int64_t r0 = b * NK_BLOCK_ELEMS;
+                            const int64_t r1 = r0 + NK_BLOCK_ELEMS < M ? r0 + NK_BLOCK_ELEMS : M;
+                            double em, ev;
+                            k->moments(&v, buf + es, c, r0, r1, &em, &ev);
+                            NKT_CHECK(!memcmp(&em, &out[2 * (b - b0)], 8) &&
+                                          !memcmp(&ev, &out[2 * (b - b0) + 1], 8),
+                                      "block %lld: (%.17g, %.17g) vs (%.17g, %.17g)", (long long)b,
+                                      out[2 * (b - b0)], out[2 * (b - b0) + 1], em, ev);
+                        }
+                    }
+                free(buf);
+            }
+}
+
 /* ---- threads: bitwise equality of the optimized kernels for 1..4 threads ------------------- */
 
 static void threads_case(const int64_t *dims, nk_dtype dt, nkt_layout lay, unsigned flags,
@@ -881,6 +937,7 @@ int main(void) {
         cmocka_unit_test(test_bn_illconditioned),
         cmocka_unit_test(test_bn_elementwise_bound),
         cmocka_unit_test(test_bn_runs_kernels),
+        cmocka_unit_test(test_bn_chan_moments),
         cmocka_unit_test(test_bn_threads_bitwise),
         cmocka_unit_test(test_bn_rows_kernels),
         cmocka_unit_test(test_bn_rows_streaming),

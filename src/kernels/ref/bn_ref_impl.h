@@ -30,6 +30,16 @@ static void FN(moments_)(const nk_cview *v, const void *xv, int64_t c, int64_t r
     *m2 = ss;
 }
 
+/* moments_ block by block */
+static void FN(chan_moments_)(const nk_cview *v, const void *xv, int64_t c, int64_t b0,
+                              int64_t b1, double *out) {
+    for (int64_t b = b0; b < b1; b++) {
+        const int64_t r0 = b * NK_BLOCK_ELEMS;
+        const int64_t r1 = r0 + NK_BLOCK_ELEMS < v->M ? r0 + NK_BLOCK_ELEMS : v->M;
+        FN(moments_)(v, xv, c, r0, r1, &out[2 * (b - b0)], &out[2 * (b - b0) + 1]);
+    }
+}
+
 /* x: slot 0, y: slot 1 */
 static void FN(normalize_)(const nk_cview *v, const void *xv, void *yv, int64_t c, int64_t r0,
                            int64_t r1, double mean, double a, double b, int relu) {
@@ -236,7 +246,8 @@ static void FN(runs_bwd_apply_)(const nk_cview *v, const void *xv, const void *d
 }
 
 const nk_bn_kernels FN(nk_bn_ref_) = {FN(moments_),      FN(normalize_),      FN(bwd_reduce_),
-                                      FN(bwd_apply_),    FN(runs_moments_),   FN(runs_normalize_),
+                                      FN(bwd_apply_),    FN(chan_moments_),
+                                      FN(runs_moments_),   FN(runs_normalize_),
                                       FN(runs_bwd_reduce_), FN(runs_bwd_apply_),
                                       FN(rows_moments_), FN(rows_normalize_),
                                       FN(rows_bwd_reduce_), FN(rows_bwd_apply_)};
