@@ -793,6 +793,20 @@ NK_VEC_INLINE void SFN(prefetch_strip_)(const T *p, int64_t bytes) {
     nk_prefetch(a + bytes - 1);
 }
 
+/* Rows that form one run (one_run_) are reduced in address order instead of tile by tile:
+ * row q (from r0) adds into lane q % 16's sums, which live in L1 (loaded and stored for every
+ * row), so each lane still sums its rows in ascending order (the same bits as the tile walk);
+ * the row RAO rows on is prefetched into L1 (T0). A standalone loop over the 32x64x56x56 data
+ * (float32, AVX-512, 1 thread) took 1.17 ms this way against 1.57-2.03 ms for the tile walk
+ * with its prefetch (the walk's jumps of 16 rows defeat the hardware prefetchers, and its data
+ * missed L1); in cache 9.2 against 12 ns per row. */
+#define RAO 48
+NK_VEC_INLINE void SFN(prefetch_strip_l1_)(const T *p, int64_t bytes) {
+    const char *a = (const char *)p;
+    for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch(a + o, _MM_HINT_T0);
+    _mm_prefetch(a + bytes - 1, _MM_HINT_T0);
+}
+
 /* Vector k of a panel of np vectors whose last holds wl channels (masked load if wl < VW). */
 NK_VEC_INLINE vd SFN(rld_)(const T *p, int k, int np, int wl, vmask ml) {
     return k == np - 1 && wl < VW ? MLD(p, ml) : LD(p);
@@ -1030,7 +1044,25 @@ NK_VEC_INLINE void SFN(rbwd_body_)(const nk_cview *v, const T *x, const T *dy, c
     for (int l = 0; l < NK_LANES; l++)
         for (int j = 0; j < np * VW; j++) G[l][j] = GX[l][j] = X[l][j] = 0.0;
     if (!uni) SFN(tile_rows_)(v, r0, r1 - r0 < RT ? r1 : r0 + RT, ro[0]);
-    for (int64_t t0 = r0; t0 < r1; t0 += RT, cur ^= 1) {
+    for (int64_t q = 0; uni && q < r1 - r0; q++) { /* address order: see RAO */
+        const int l = (int)(q % NK_LANES);
+        const T *p = b[0] + q * sr[0], *g = b[1] + q * sr[1], *m = ym ? b[2] + q * sr[2] : NULL;
+        if (q + RAO < r1 - r0) {
+            SFN(prefetch_strip_l1_)(p + RAO * sr[0], strip);
+            SFN(prefetch_strip_l1_)(g + RAO * sr[1], strip);
+            if (ym) SFN(prefetch_strip_l1_)(m + RAO * sr[2], strip);
+        }
+        NK_UNROLL for (int k = 0; k < NK_RPV_BWD; k++) if (k < np) {
+            vd gv = SFN(rld_)(g + k * VW, k, np, wl, ml);
+            if (m) gv = vd_zero_where_le0(gv, SFN(rld_)(m + k * VW, k, np, wl, ml));
+            const vd d = vd_sub(SFN(rld_)(p + k * VW, k, np, wl, ml),
+                                SFN(rld_f64_)(mean + k * VW, k, np, wl, ml));
+            vd_store_f64(G[l] + k * VW, SFN(acc_)(vd_load_f64(G[l] + k * VW), gv));
+            vd_store_f64(GX[l] + k * VW, vd_fmadd(gv, d, vd_load_f64(GX[l] + k * VW)));
+            vd_store_f64(X[l] + k * VW, SFN(acc_)(vd_load_f64(X[l] + k * VW), d));
+        }
+    }
+    for (int64_t t0 = r0; !uni && t0 < r1; t0 += RT, cur ^= 1) {
         const int64_t nr = r1 - t0 < RT ? r1 - t0 : RT, tn = t0 + RT;
         const int64_t nn = tn < r1 ? (r1 - tn < RT ? r1 - tn : RT) : 0;
         if (!uni && nn) SFN(tile_rows_)(v, tn, tn + nn, ro[cur ^ 1]);
@@ -1233,6 +1265,7 @@ const nk_bn_kernels TABLE = {SFN(moments_),      SFN(normalize_),      SFN(bwd_r
 #undef RPA
 #undef RB_BYTES
 #undef RB
+#undef RAO
 #undef RT
 #undef NK_UNROLL
 #undef SST
