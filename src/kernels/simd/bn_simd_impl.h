@@ -848,7 +848,21 @@ NK_VEC_INLINE void SFN(rmom_body_)(const nk_cview *v, const T *x, int64_t cc, co
         if (k < np) s[k] = SFN(rld_)(xr + k * VW, k, np, wl, ml);
     for (int l = 0; l < NK_LANES; l++)
         for (int j = 0; j < np * VW; j++) A1[l][j] = A2[l][j] = 0.0;
-    for (int64_t t0 = r0; t0 < r1; t0 += RT, cur ^= 1) {
+    /* address order (see RAO) only over whole rows (the panel is the row): on 16x256x56x56
+     * (a quarter of each row per panel) the moments took as long and the normalize pass after
+     * them became slower (sampled shares 86-97 + 114-120 -> 94-95 + 145-146; not understood) */
+    const int dense = uni && sr * (int64_t)sizeof(T) == strip;
+    for (int64_t q = 0; dense && q < r1 - r0; q++) {
+        const int l = (int)(q % NK_LANES);
+        const T *p = xr + q * sr;
+        if (q + RAO < r1 - r0) SFN(prefetch_strip_l1_)(p + RAO * sr, strip);
+        NK_UNROLL for (int k = 0; k < NK_RPV_MOM; k++) if (k < np) {
+            const vd d = vd_sub(SFN(rld_)(p + k * VW, k, np, wl, ml), s[k]);
+            vd_store_f64(A1[l] + k * VW, vd_add(vd_load_f64(A1[l] + k * VW), d));
+            vd_store_f64(A2[l] + k * VW, vd_fmadd(d, d, vd_load_f64(A2[l] + k * VW)));
+        }
+    }
+    for (int64_t t0 = r0; !dense && t0 < r1; t0 += RT, cur ^= 1) {
         const int64_t nr = r1 - t0 < RT ? r1 - t0 : RT, tn = t0 + RT;
         const int64_t nn = tn < r1 ? (r1 - tn < RT ? r1 - tn : RT) : 0; /* rows of the next tile */
         if (!uni && nn) SFN(tile_rows_)(v, tn, tn + nn, ro[cur ^ 1]);
