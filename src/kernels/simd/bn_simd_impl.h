@@ -774,7 +774,8 @@ static void SFN(runs_bwd_apply_)(const nk_cview *v, const void *xv, const void *
  * functions above (lane = the row's position in the block % 16): a panel of up to NK_RPV_*
  * vectors of channels is walked tile by tile (RT rows), and within a tile lane by lane, so a
  * lane's sums stay in registers for its RT / 16 rows and are kept in L1 between tiles; the
- * next tile's rows are prefetched meanwhile (the rows of a chunk are strided in memory). */
+ * next tile's rows are prefetched meanwhile (the rows of a chunk are strided in memory). Rows
+ * that form one run take the address-order loop instead (see RAO). */
 
 /* Element offsets of the rows [t0, t1) in every tensor of v: ro[t][i] for row t0 + i. */
 static void SFN(tile_rows_)(const nk_cview *v, int64_t t0, int64_t t1, int64_t (*ro)[RT]) {
