@@ -781,6 +781,88 @@ static void test_bn_rows_kernels(void **state) {
                     rows_kernels_case((nk_isa)isa, d ? NK_F64 : NK_F32, Cs[ci], pad, salt++);
 }
 
+/* Dense channels-last views of at least 16 MiB per tensor: the rows reductions walk the rows
+ * in address order there (bn_simd_impl.h, RAO) and must still give each channel the bits of
+ * moments / bwd_reduce, over whole blocks, a range starting off a multiple of 16, the tail,
+ * all or some channels (C = 64: whole-row panels; 67: a partial panel), with and without the
+ * ReLU mask, for every instruction set. */
+static void rows_big_case(nk_isa isa, nk_dtype dt, int64_t C, uint64_t salt) {
+    const size_t es = dt == NK_F32 ? sizeof(float) : sizeof(double);
+    const int64_t HW = ((int64_t)17 << 20) / (int64_t)es / 64, len = C * HW, M = HW;
+    const int64_t dims[4] = {1, C, 1, HW}, st[4] = {len, 1, len, C};
+    const nk_bn_kernels *k = nk_bn_kernels_isa(isa, dt);
+    nkt_rng r = nkt_rng_make(salt);
+    void *buf[4];
+    nk_tensor t[4];
+    for (int i = 0; i < 4; i++) { /* x, dy, dx (unused), ym */
+        buf[i] = nkt_malloc((size_t)len * es);
+        for (int64_t e = 0; e < len; e++) {
+            const double val = i == 3 ? nkt_uniform(&r, -1, 1) : nkt_normal(&r, 1, 2);
+            if (dt == NK_F32)
+                ((float *)buf[i])[e] = (float)val;
+            else
+                ((double *)buf[i])[e] = val;
+        }
+        t[i].data = buf[i];
+        t[i].dtype = dt;
+        t[i].ndim = 4;
+        memcpy(t[i].dims, dims, sizeof dims);
+        memcpy(t[i].strides, st, sizeof st);
+    }
+    const nk_tensor *ts[4] = {&t[0], &t[1], &t[2], &t[3]};
+    nk_cview v;
+    nk_cview_init(&v, 4, ts);
+    assert_true(nk_view_rows(&v));
+    double *mean = nkt_malloc((size_t)C * sizeof(double));
+    double *rm = nkt_malloc((size_t)C * 3 * sizeof(double)), *r2 = rm + C, *r3 = r2 + C;
+    for (int64_t c = 0; c < C; c++) mean[c] = nkt_uniform(&r, -1, 1);
+    const int64_t ranges[4][2] = {{0, NK_BLOCK_ELEMS},
+                                  {NK_BLOCK_ELEMS, 2 * NK_BLOCK_ELEMS},
+                                  {5, NK_BLOCK_ELEMS + 37},
+                                  {M - 1000, M}};
+    const int64_t chans[2][2] = {{0, C}, {1, C - 1}};
+    for (int ri = 0; ri < 4; ri++)
+        for (int ci = 0; ci < 2; ci++)
+            for (int masked = 0; masked <= 1; masked++) {
+                const int64_t r0 = ranges[ri][0], r1 = ranges[ri][1];
+                const int64_t c0 = chans[ci][0], c1 = chans[ci][1];
+                const void *ym = masked ? buf[3] : NULL;
+                nkt_case("%s big rows reductions: C %lld, %s, rows [%lld, %lld), channels "
+                         "[%lld, %lld)%s", nk_isa_name(isa), (long long)C,
+                         dt == NK_F32 ? "float32" : "float64", (long long)r0, (long long)r1,
+                         (long long)c0, (long long)c1, masked ? ", mask" : "");
+                if (!masked) {
+                    k->rows_moments(&v, buf[0], c0, c1, r0, r1, rm, r2);
+                    for (int64_t c = c0; c < c1; c++) {
+                        double m1, m2;
+                        k->moments(&v, buf[0], c, r0, r1, &m1, &m2);
+                        NKT_CHECK(!memcmp(&m1, &rm[c - c0], 8) && !memcmp(&m2, &r2[c - c0], 8),
+                                  "moments of channel %lld", (long long)c);
+                    }
+                }
+                k->rows_bwd_reduce(&v, buf[0], buf[1], ym, c0, c1, r0, r1, mean + c0, rm, r2, r3);
+                for (int64_t c = c0; c < c1; c++) {
+                    double sg, sgx, sx;
+                    k->bwd_reduce(&v, buf[0], buf[1], ym, c, r0, r1, mean[c], &sg, &sgx, &sx);
+                    NKT_CHECK(!memcmp(&sg, &rm[c - c0], 8) && !memcmp(&sgx, &r2[c - c0], 8) &&
+                                  !memcmp(&sx, &r3[c - c0], 8),
+                              "bwd_reduce of channel %lld", (long long)c);
+                }
+            }
+    for (int i = 0; i < 4; i++) free(buf[i]);
+    free(mean);
+    free(rm);
+}
+
+static void test_bn_rows_big(void **state) {
+    (void)state;
+    uint64_t salt = 9500;
+    for (int isa = NK_ISA_AVX2; isa <= (int)nk_isa_supported(); isa++)
+        for (int d = 0; d < 2; d++)
+            for (int64_t C = 64; C <= 67; C += 3)
+                rows_big_case((nk_isa)isa, d ? NK_F64 : NK_F32, C, salt++);
+}
+
 /* The rows element-wise kernels stream their outputs when the pass's tensors together reach
  * NK_STREAM_MIN_BYTES and the rows are aligned (64-byte aligned buffers here, C = 72: every
  * row aligned for both instruction sets): the bits of the per-channel kernels (which do not
@@ -940,6 +1022,7 @@ int main(void) {
         cmocka_unit_test(test_bn_chan_moments),
         cmocka_unit_test(test_bn_threads_bitwise),
         cmocka_unit_test(test_bn_rows_kernels),
+        cmocka_unit_test(test_bn_rows_big),
         cmocka_unit_test(test_bn_rows_streaming),
         cmocka_unit_test(test_rows_sweep),
     };
