@@ -126,11 +126,14 @@ const nk_bn_kernels *nk_bn_kernels_isa(nk_isa isa, nk_dtype dt);
 /* The kernels for dtype dt under the context's policy (reference when forced). */
 const nk_bn_kernels *nk_bn_kernels_for(const nk_ctx *ctx, nk_dtype dt);
 
-/* Outputs of element-wise kernels (normalize, bwd_apply) over views of at least this many
- * bytes are written with streaming stores by the optimized kernels: such a tensor does not
- * stay in a last-level cache for the next layer anyway, and streaming saves the read of each
- * output line before its write (a third of a forward's memory traffic). 32 MiB: the L3 of
- * current server parts per socket or CCD cluster is 32 MiB or more. */
+/* Outputs of the batch- and group-norm element-wise kernels (normalize, bwd_apply) are written
+ * with streaming stores by the optimized kernels when the tensors the pass touches together
+ * (x and y; x, dy, dx and the mask) span at least this many bytes (the NCHW kernels count one
+ * tensor when runs are shorter than NK_AHEAD_MIN_RUN_BYTES, where streaming would leave partial
+ * lines at every run end): the output does not stay in a last-level cache for the next layer
+ * anyway, and streaming saves the read of each output line before its write (a third of a
+ * forward's memory traffic). 32 MiB: the L3 of current server parts per socket or CCD cluster
+ * is 32 MiB or more. Store kinds never change a result. */
 #define NK_STREAM_MIN_BYTES ((int64_t)32 << 20)
 
 /* ---- the runs decomposition ---- */
