@@ -783,9 +783,12 @@ static void test_bn_rows_kernels(void **state) {
 
 /* Dense channels-last views of at least 16 MiB per tensor: the rows reductions walk the rows
  * in address order there (bn_simd_impl.h, RAO) and must still give each channel the bits of
- * moments / bwd_reduce, over whole blocks, a range starting off a multiple of 16, the tail,
- * all or some channels (C = 64: whole-row panels; 67: a partial panel), with and without the
- * ReLU mask, for every instruction set. */
+ * moments / bwd_reduce on the same values in NCHW, over whole blocks, a range starting off a
+ * multiple of 16, the tail, all or some channels (C = 64: whole-row panels; 67: a partial
+ * panel), with and without the ReLU mask, for every instruction set. (A lane assignment
+ * rotated, l = (q + k) % 16, or multiplied by an odd number gives the same bits by design:
+ * nk_sum16's pairs are the cosets of 8Z16, 4Z16, 2Z16, which those maps permute, and each
+ * addition is commutative. Any other wrong assignment, e.g. lanes 1 and 2 swapped, fails.) */
 static void rows_big_case(nk_isa isa, nk_dtype dt, int64_t C, uint64_t salt) {
     const size_t es = dt == NK_F32 ? sizeof(float) : sizeof(double);
     const int64_t HW = ((int64_t)17 << 20) / (int64_t)es / 64, len = C * HW, M = HW;
@@ -813,6 +816,26 @@ static void rows_big_case(nk_isa isa, nk_dtype dt, int64_t C, uint64_t salt) {
     nk_cview v;
     nk_cview_init(&v, 4, ts);
     assert_true(nk_view_rows(&v));
+    /* The same values in NCHW (each channel one contiguous run): the per-channel kernels on this
+     * view are the independent oracle. On the NHWC view itself they could share code with the
+     * rows kernels, and a wrong lane assignment in both would go unseen. */
+    void *nbuf[4];
+    nk_tensor tn[4];
+    const int64_t stn[4] = {len, HW, HW, 1};
+    for (int i = 0; i < 4; i++) {
+        nbuf[i] = nkt_malloc((size_t)len * es);
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t q = 0; q < HW; q++)
+                memcpy((char *)nbuf[i] + (size_t)(c * HW + q) * es,
+                       (const char *)buf[i] + (size_t)(q * C + c) * es, es);
+        tn[i] = t[i];
+        tn[i].data = nbuf[i];
+        memcpy(tn[i].strides, stn, sizeof stn);
+    }
+    const nk_tensor *tsn[4] = {&tn[0], &tn[1], &tn[2], &tn[3]};
+    nk_cview vn;
+    nk_cview_init(&vn, 4, tsn);
+    assert_false(nk_view_rows(&vn));
     double *mean = nkt_malloc((size_t)C * sizeof(double));
     double *rm = nkt_malloc((size_t)C * 3 * sizeof(double)), *r2 = rm + C, *r3 = r2 + C;
     for (int64_t c = 0; c < C; c++) mean[c] = nkt_uniform(&r, -1, 1);
@@ -826,7 +849,7 @@ static void rows_big_case(nk_isa isa, nk_dtype dt, int64_t C, uint64_t salt) {
             for (int masked = 0; masked <= 1; masked++) {
                 const int64_t r0 = ranges[ri][0], r1 = ranges[ri][1];
                 const int64_t c0 = chans[ci][0], c1 = chans[ci][1];
-                const void *ym = masked ? buf[3] : NULL;
+                const void *ym = masked ? buf[3] : NULL, *ymn = masked ? nbuf[3] : NULL;
                 nkt_case("%s big rows reductions: C %lld, %s, rows [%lld, %lld), channels "
                          "[%lld, %lld)%s", nk_isa_name(isa), (long long)C,
                          dt == NK_F32 ? "float32" : "float64", (long long)r0, (long long)r1,
@@ -835,7 +858,7 @@ static void rows_big_case(nk_isa isa, nk_dtype dt, int64_t C, uint64_t salt) {
                     k->rows_moments(&v, buf[0], c0, c1, r0, r1, rm, r2);
                     for (int64_t c = c0; c < c1; c++) {
                         double m1, m2;
-                        k->moments(&v, buf[0], c, r0, r1, &m1, &m2);
+                        k->moments(&vn, nbuf[0], c, r0, r1, &m1, &m2);
                         NKT_CHECK(!memcmp(&m1, &rm[c - c0], 8) && !memcmp(&m2, &r2[c - c0], 8),
                                   "moments of channel %lld", (long long)c);
                     }
@@ -843,13 +866,13 @@ static void rows_big_case(nk_isa isa, nk_dtype dt, int64_t C, uint64_t salt) {
                 k->rows_bwd_reduce(&v, buf[0], buf[1], ym, c0, c1, r0, r1, mean + c0, rm, r2, r3);
                 for (int64_t c = c0; c < c1; c++) {
                     double sg, sgx, sx;
-                    k->bwd_reduce(&v, buf[0], buf[1], ym, c, r0, r1, mean[c], &sg, &sgx, &sx);
+                    k->bwd_reduce(&vn, nbuf[0], nbuf[1], ymn, c, r0, r1, mean[c], &sg, &sgx, &sx);
                     NKT_CHECK(!memcmp(&sg, &rm[c - c0], 8) && !memcmp(&sgx, &r2[c - c0], 8) &&
                                   !memcmp(&sx, &r3[c - c0], 8),
                               "bwd_reduce of channel %lld", (long long)c);
                 }
             }
-    for (int i = 0; i < 4; i++) free(buf[i]);
+    for (int i = 0; i < 4; i++) free(buf[i]), free(nbuf[i]);
     free(mean);
     free(rm);
 }
